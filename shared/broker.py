@@ -1,0 +1,328 @@
+"""RabbitMQ through aio-pika: topology, confirmed publishing, and the one consuming idiom.
+
+Topology (declared idempotently by every process that connects)::
+
+    exchange <ns> (topic)
+      training.requested, evaluation.requested  ──▶ <ns>.fetcher
+      dataset.ready.training                    ──▶ <ns>.trainer
+      model.ready, dataset.ready.evaluation     ──▶ <ns>.evaluator
+      model.evaluated, request.failed           ──▶ <ns>.events   (bounded, for watchers)
+    exchange <ns>.dlx (direct)
+      <ns>.<queue>                              ──▶ <ns>.<queue>.dead
+
+All queues are durable quorum queues with ``x-delivery-limit``; messages are persistent,
+published with publisher confirms and ``mandatory`` (an unroutable message is an error).
+
+:meth:`Broker.consume` is the only place that acknowledges. A handler takes a message and
+returns the next message(s); they are published (confirmed) and only then is the incoming
+message acked, after the handler's own database commit:
+
+- handler returns            → publish results, ack
+- ``PermanentError``, bad body → failure recorded (Postgres + ``RequestFailed``), reject → DLQ
+- ``RetryableError``/other   → requeue after a short backoff; at the delivery limit treated
+                                as permanent
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from shared.errors import InvalidMessage, PermanentError
+from shared.logs import request_context
+from shared.messages import Message, RequestFailed, parse_message
+
+logger = logging.getLogger(__name__)
+
+FETCHER, TRAINER, EVALUATOR, EVENTS = "fetcher", "trainer", "evaluator", "events"
+
+BINDINGS: dict[str, tuple[str, ...]] = {
+    FETCHER: ("training.requested", "evaluation.requested"),
+    TRAINER: ("dataset.ready.training",),
+    EVALUATOR: ("model.ready", "dataset.ready.evaluation"),
+    EVENTS: ("model.evaluated", "request.failed"),
+}
+# The stage a request is in while a queue's consumer works on it (for failure rows).
+STAGES = {FETCHER: "fetching", TRAINER: "training", EVALUATOR: "evaluating", EVENTS: "done"}
+
+Result = Message | Sequence[Message] | None
+Handler = Callable[[Any], Awaitable[Result]]
+
+
+class FailureSink(Protocol):
+    async def __call__(
+        self,
+        *,
+        request_id: uuid.UUID | None,
+        queue: str,
+        stage: str,
+        error: str,
+        body: bytes | None,
+    ) -> None: ...
+
+
+@dataclass
+class Broker:
+    """One robust connection per process; one channel for publishing, one per consumer."""
+
+    url: str
+    namespace: str = "chouette"
+    delivery_limit: int = 5
+    heartbeat: int = 30
+    # Requeue backoff: base * 2**(attempt-1) seconds, capped.
+    retry_backoff: float = 0.5
+    retry_backoff_max: float = 10.0
+
+    connection: AbstractRobustConnection | None = field(default=None, init=False)
+    _channel: AbstractChannel | None = field(default=None, init=False)
+    _exchange: AbstractExchange | None = field(default=None, init=False)
+    _consumers: list[tuple[AbstractQueue, str]] = field(default_factory=list, init=False)
+    _inflight: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+
+    def queue_name(self, queue: str) -> str:
+        return f"{self.namespace}.{queue}"
+
+    async def connect(self) -> Broker:
+        self.connection = await aio_pika.connect_robust(
+            self.url, heartbeat=self.heartbeat, client_properties={"connection_name": "chouette"}
+        )
+        self._channel = await self.connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        self._exchange = await declare_topology(
+            self._channel, self.namespace, self.delivery_limit
+        )
+        return self
+
+    async def close(self) -> None:
+        if self.connection is not None and not self.connection.is_closed:
+            await self.connection.close()
+
+    async def __aenter__(self) -> Broker:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- publishing -------------------------------------------------------------------------
+
+    async def publish(self, message: Message) -> None:
+        """Publish persistently and wait for the broker's confirm (raises if unroutable)."""
+        assert self._exchange is not None, "connect() first"
+        await self._exchange.publish(
+            aio_pika.Message(
+                message.to_json(),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=str(message.message_id),
+                correlation_id=str(message.request_id),
+                type=type(message).__name__,
+            ),
+            routing_key=message.routing_key,
+            mandatory=True,
+        )
+        logger.debug("published %s %s", type(message).__name__, message.routing_key)
+
+    # -- consuming --------------------------------------------------------------------------
+
+    async def consume(
+        self,
+        queue: str,
+        accepts: tuple[type[Message], ...],
+        handler: Handler,
+        *,
+        on_failure: FailureSink,
+        prefetch: int = 1,
+    ) -> None:
+        """Start consuming ``queue``; ``handler`` gets messages of the ``accepts`` types."""
+        assert self.connection is not None, "connect() first"
+        channel = await self.connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=prefetch)
+        amqp_queue = await channel.get_queue(self.queue_name(queue), ensure=True)
+        stage = STAGES[queue]
+
+        async def on_message(incoming: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._inflight.add(task)  # type: ignore[arg-type]
+            try:
+                await self._handle(incoming, queue, stage, accepts, handler, on_failure)
+            finally:
+                self._inflight.discard(task)  # type: ignore[arg-type]
+
+        tag = await amqp_queue.consume(on_message)
+        self._consumers.append((amqp_queue, tag))
+        logger.info("consuming %s (prefetch %d)", self.queue_name(queue), prefetch)
+
+    async def _handle(
+        self,
+        incoming: AbstractIncomingMessage,
+        queue: str,
+        stage: str,
+        accepts: tuple[type[Message], ...],
+        handler: Handler,
+        on_failure: FailureSink,
+    ) -> None:
+        request_id = _uuid_or_none(incoming.correlation_id)
+        with request_context(request_id or "-"):
+            try:
+                message = parse_message(incoming.body)
+                if not isinstance(message, accepts):
+                    names = ", ".join(t.__name__ for t in accepts)
+                    raise InvalidMessage(
+                        f"queue {queue} accepts {names}, got {type(message).__name__}"
+                    )
+            except InvalidMessage as exc:
+                logger.error("rejecting invalid message: %s", exc)
+                await self._fail(incoming, queue, stage, str(exc), request_id, on_failure)
+                return
+
+            request_id = message.request_id
+            with request_context(request_id):
+                attempt = _delivery_count(incoming) + 1
+                logger.info("handling %s (delivery %d)", type(message).__name__, attempt)
+                try:
+                    result = await handler(message)
+                    for out in _as_list(result):
+                        await self.publish(out)
+                    await incoming.ack()
+                except PermanentError as exc:
+                    logger.error("permanent failure: %s", exc)
+                    await self._fail(incoming, queue, stage, str(exc), request_id, on_failure)
+                except asyncio.CancelledError:
+                    # Stopping: leave the message unacked; it is redelivered to another consumer.
+                    logger.warning("abandoned on shutdown; it will be redelivered")
+                    raise
+                except Exception as exc:
+                    text = f"{type(exc).__name__}: {exc}"
+                    if attempt >= self.delivery_limit:
+                        logger.exception("failed %d times, giving up", attempt)
+                        error = f"gave up after {attempt} attempts: {text}"
+                        await self._fail(incoming, queue, stage, error, request_id, on_failure)
+                        return
+                    delay = min(self.retry_backoff * 2 ** (attempt - 1), self.retry_backoff_max)
+                    logger.warning("attempt %d failed (%s); requeue in %.1fs", attempt, text, delay)
+                    await asyncio.sleep(delay)
+                    await incoming.nack(requeue=True)
+
+    async def _fail(
+        self,
+        incoming: AbstractIncomingMessage,
+        queue: str,
+        stage: str,
+        error: str,
+        request_id: uuid.UUID | None,
+        on_failure: FailureSink,
+    ) -> None:
+        """Record the failure, tell watchers, then dead-letter the message."""
+        await on_failure(
+            request_id=request_id, queue=queue, stage=stage, error=error, body=incoming.body
+        )
+        if request_id is not None:
+            with contextlib.suppress(Exception):
+                await self.publish(RequestFailed(request_id=request_id, stage=stage, error=error))
+        await incoming.reject(requeue=False)
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    async def stop_consuming(self, grace: float = 10.0) -> None:
+        """Cancel consumers, let in-flight messages finish for ``grace`` s, then abandon them."""
+        self.stopping.set()
+        for queue, tag in self._consumers:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+        self._consumers.clear()
+        pending = set(self._inflight)
+        if pending:
+            logger.info("waiting up to %.0fs for %d message(s) in flight", grace, len(pending))
+            _, still = await asyncio.wait(pending, timeout=grace)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=2)
+
+    async def run_until_signalled(self, grace: float = 10.0) -> None:
+        """Block until SIGTERM/SIGINT, then stop consuming cleanly."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+            logger.info("signal received, stopping")
+            await self.stop_consuming(grace)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
+async def declare_topology(
+    channel: AbstractChannel, namespace: str, delivery_limit: int
+) -> AbstractExchange:
+    """Declare exchanges, work queues and their dead-letter queues (idempotent)."""
+    exchange = await channel.declare_exchange(
+        namespace, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    dlx = await channel.declare_exchange(
+        f"{namespace}.dlx", aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    for queue, keys in BINDINGS.items():
+        name = f"{namespace}.{queue}"
+        dead = await channel.declare_queue(
+            f"{name}.dead", durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dead.bind(dlx, routing_key=name)
+        arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+        if queue == EVENTS:  # watchers peek at it; keep only the latest events
+            arguments.update({"x-max-length": 10_000, "x-overflow": "drop-head"})
+        else:
+            arguments.update(
+                {
+                    "x-delivery-limit": delivery_limit,
+                    "x-dead-letter-exchange": f"{namespace}.dlx",
+                    "x-dead-letter-routing-key": name,
+                }
+            )
+        work = await channel.declare_queue(name, durable=True, arguments=arguments)
+        for key in keys:
+            await work.bind(exchange, routing_key=key)
+    return exchange
+
+
+def _delivery_count(incoming: AbstractIncomingMessage) -> int:
+    value = (incoming.headers or {}).get("x-delivery-count", 0)
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0
+
+
+def _uuid_or_none(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None
+
+
+def _as_list(result: Result) -> list[Message]:
+    if result is None:
+        return []
+    if isinstance(result, Message):
+        return [result]
+    return list(result)

@@ -1,0 +1,174 @@
+"""PostgreSQL access shared by every service: the pool, migrations, request status.
+
+Each service keeps the rest of its SQL in one module of its own; this module holds
+only what all of them need: creating the pool, applying the numbered migrations in
+``shared/migrations/`` under an advisory lock (safe when several services start at
+once), and writing a request's status, stage, progress and failure (the table
+triggers ``NOTIFY`` watchers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from shared.errors import RetryableError
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Any constant shared by all services; two processes migrating at once serialize on it.
+_MIGRATION_LOCK_KEY = 0x43484F55  # "CHOU"
+
+Pool = asyncpg.Pool
+
+
+async def _init_connection(con: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await con.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 5) -> Pool:
+    """A pool whose connections decode json/jsonb to Python objects."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise RetryableError(f"cannot connect to PostgreSQL: {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+def migration_files() -> list[Path]:
+    return sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9]_*.sql"))
+
+
+async def migrate(pool_or_con: Pool | asyncpg.Connection) -> list[str]:
+    """Apply the migrations not applied yet, in order; return the names applied now."""
+    if isinstance(pool_or_con, asyncpg.Connection):
+        return await _migrate(pool_or_con)
+    async with pool_or_con.acquire() as con:
+        return await _migrate(con)
+
+
+async def _migrate(con: asyncpg.Connection) -> list[str]:
+    applied_now: list[str] = []
+    await con.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_KEY)
+    try:
+        await con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["name"] for r in await con.fetch("SELECT name FROM schema_migrations")}
+        for path in migration_files():
+            if path.name in done:
+                continue
+            async with con.transaction():
+                await con.execute(path.read_text())
+                await con.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
+            applied_now.append(path.name)
+            logger.info("applied migration %s", path.name)
+    finally:
+        await con.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_KEY)
+    return applied_now
+
+
+async def ensure_request(
+    con: asyncpg.Connection | Pool,
+    request_id: uuid.UUID,
+    kind: str,
+    params: Mapping[str, Any],
+) -> None:
+    """Insert the request row if it is not there yet (the CLI usually inserted it)."""
+    await con.execute(
+        "INSERT INTO training_requests (id, kind, params) VALUES ($1, $2, $3)"
+        " ON CONFLICT (id) DO NOTHING",
+        request_id,
+        kind,
+        dict(params),
+    )
+
+
+async def set_stage(
+    con: asyncpg.Connection | Pool,
+    request_id: uuid.UUID,
+    stage: str,
+    progress: str | None = None,
+    *,
+    status: str = "running",
+    **ids: int,
+) -> None:
+    """Move a request to ``stage`` (and optionally record dataset/model/evaluation ids).
+
+    A request already ``failed`` or ``succeeded`` keeps its final status: a redelivered
+    message must not resurrect it.
+    """
+    allowed = {"dataset_id", "model_id", "evaluation_id"}
+    unknown = set(ids) - allowed
+    if unknown:
+        raise ValueError(f"unknown id columns: {sorted(unknown)}")
+    sets = ["stage = $2", "progress = $3", "status = $4", "updated_at = now()"]
+    args: list[Any] = [request_id, stage, progress, status]
+    for column in sorted(ids):  # column names come from the fixed set above
+        args.append(ids[column])
+        sets.append(f"{column} = ${len(args)}")
+    if status in ("succeeded", "failed"):
+        sets.append("finished_at = now()")
+    await con.execute(
+        f"UPDATE training_requests SET {', '.join(sets)}"  # noqa: S608
+        " WHERE id = $1 AND status NOT IN ('succeeded', 'failed')",
+        *args,
+    )
+
+
+async def set_progress(con: asyncpg.Connection | Pool, request_id: uuid.UUID, progress: str) -> None:
+    await con.execute(
+        "UPDATE training_requests SET progress = $2, updated_at = now()"
+        " WHERE id = $1 AND status NOT IN ('succeeded', 'failed')",
+        request_id,
+        progress,
+    )
+
+
+async def record_failure(
+    pool: Pool,
+    *,
+    request_id: uuid.UUID | None,
+    queue: str,
+    stage: str,
+    error: str,
+    body: bytes | None = None,
+) -> None:
+    """Mark the request ``failed`` with its stage and error, and log the failure row."""
+    text = body.decode("utf-8", "replace")[:10_000] if body is not None else None
+    async with pool.acquire() as con, con.transaction():
+        await con.execute(
+            "INSERT INTO failures (request_id, queue, stage, error, body)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            request_id,
+            queue,
+            stage,
+            error,
+            text,
+        )
+        if request_id is not None:
+            await con.execute(
+                "UPDATE training_requests SET status = 'failed', stage = $2, error = $3,"
+                " updated_at = now(), finished_at = now()"
+                " WHERE id = $1 AND status <> 'succeeded'",
+                request_id,
+                stage,
+                error,
+            )
+
+
+async def request_status(con: asyncpg.Connection | Pool, request_id: uuid.UUID) -> str | None:
+    value = await con.fetchval("SELECT status FROM training_requests WHERE id = $1", request_id)
+    return None if value is None else str(value)

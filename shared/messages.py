@@ -1,0 +1,256 @@
+"""Every message the services exchange, on one screen.
+
+    chouette train    ─TrainingRequested──▶ fetcher ─DatasetReady(training)──▶ trainer ─ModelReady─▶ evaluator
+    chouette evaluate ─EvaluationRequested▶ fetcher ─DatasetReady(evaluation)────────────────────▶ evaluator
+    evaluator ─ModelEvaluated─▶ watchers          any service ─RequestFailed─▶ watchers
+
+Messages are frozen, versioned pydantic models with JSON bodies. They carry ids and
+parameters, never images or weights. ``request_id`` is also the AMQP correlation id;
+``message_id`` is unique per message. The CLI validates user input with these same models.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Annotated, Any, ClassVar, Final, Literal, get_args
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from shared.errors import InvalidMessage
+
+SCHEMA_VERSION: Final = 1
+
+Architecture = Literal[
+    "ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2"
+]
+ARCHITECTURES: Final[tuple[str, ...]] = get_args(Architecture)
+Tag = Literal["vine", "ground", "grass"]
+TAGS: Final[tuple[str, ...]] = get_args(Tag)
+Optimizer = Literal["adam", "sgd", "rmsprop", "adagrad"]
+OPTIMIZERS: Final[tuple[str, ...]] = get_args(Optimizer)
+Split = Literal["train", "val", "test", "all"]
+
+MIN_IMAGE_SIZE: Final = 32
+MAX_IMAGE_SIZE: Final = 1024
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DatasetSpec(_Frozen):
+    """A dataset is a filter on the Chouette image API: a date range (inclusive) and tags."""
+
+    start_date: dt.date
+    end_date: dt.date
+    tags: tuple[Tag, ...] = TAGS  # type: ignore[assignment]
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _split_tags(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_non_empty_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one tag is needed")
+        # Keep the canonical order so the same set of tags is the same dataset.
+        return tuple(t for t in TAGS if t in value)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DatasetSpec:
+        if self.start_date > self.end_date:
+            raise ValueError(
+                f"start_date {self.start_date} is after end_date {self.end_date}"
+            )
+        return self
+
+
+class TrainingParams(_Frozen):
+    """The network and hyper-parameters of one training request."""
+
+    architecture: Architecture
+    epochs: int = Field(5, gt=0, le=1000)
+    batch_size: int = Field(16, gt=0, le=4096)
+    image_size: int = Field(64, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)
+    learning_rate: float = Field(1e-3, gt=0, lt=10)
+    optimizer: Optimizer = "adam"
+    # "none" (from scratch), "imagenet" (Keras cache only), or a local weights file path.
+    weights: str = "none"
+    augment: bool = True
+    dropout: float = Field(0.2, ge=0, lt=1)
+    seed: int = Field(42, ge=0)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    # Epochs with the pretrained base frozen (fine-tuning); 0 trains everything from the start.
+    freeze_epochs: int = Field(0, ge=0)
+    early_stopping_patience: int = Field(5, gt=0)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("weights must be 'none', 'imagenet' or a file path")
+        return value
+
+    @model_validator(mode="after")
+    def _fractions(self) -> TrainingParams:
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ValueError(
+                f"test_fraction + val_fraction must be below 1 "
+                f"(got {self.test_fraction} + {self.val_fraction})"
+            )
+        return self
+
+
+class Message(_Frozen):
+    """Envelope fields every message has."""
+
+    routing_key: ClassVar[str]
+
+    schema_version: int = SCHEMA_VERSION
+    message_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    request_id: uuid.UUID
+    created_at: dt.datetime = Field(default_factory=_now)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(
+                f"unsupported schema_version {value}; this build understands {SCHEMA_VERSION}"
+            )
+        return value
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class TrainingRequested(Message):
+    """A user asks for a new model: fetch the dataset, train the network, evaluate it."""
+
+    routing_key: ClassVar[str] = "training.requested"
+    type: Literal["TrainingRequested"] = "TrainingRequested"
+    dataset: DatasetSpec
+    training: TrainingParams
+
+
+class EvaluationRequested(Message):
+    """Evaluate a stored model on its held-out test split, or on another date range."""
+
+    routing_key: ClassVar[str] = "evaluation.requested"
+    type: Literal["EvaluationRequested"] = "EvaluationRequested"
+    model_id: int = Field(gt=0)
+    dataset: DatasetSpec | None = None
+
+
+class DatasetReady(Message):
+    """The fetcher stored the dataset. ``purpose`` says who consumes it."""
+
+    type: Literal["DatasetReady"] = "DatasetReady"
+    purpose: Literal["training", "evaluation"]
+    dataset_id: int = Field(gt=0)
+    # purpose == "training": what to train.
+    training: TrainingParams | None = None
+    # purpose == "evaluation": which model to score on which split of the dataset.
+    model_id: int | None = Field(None, gt=0)
+    split: Split = "test"
+
+    @property
+    def routing_key(self) -> str:  # type: ignore[override]
+        return f"dataset.ready.{self.purpose}"
+
+    @model_validator(mode="after")
+    def _payload_matches_purpose(self) -> DatasetReady:
+        if self.purpose == "training" and self.training is None:
+            raise ValueError("a DatasetReady for training needs training parameters")
+        if self.purpose == "evaluation" and self.model_id is None:
+            raise ValueError("a DatasetReady for evaluation needs a model_id")
+        return self
+
+
+class ModelReady(Message):
+    """The trainer committed a trained model and its weights."""
+
+    routing_key: ClassVar[str] = "model.ready"
+    type: Literal["ModelReady"] = "ModelReady"
+    model_id: int = Field(gt=0)
+    dataset_id: int = Field(gt=0)
+
+
+class ModelEvaluated(Message):
+    """The evaluator committed an evaluation."""
+
+    routing_key: ClassVar[str] = "model.evaluated"
+    type: Literal["ModelEvaluated"] = "ModelEvaluated"
+    model_id: int = Field(gt=0)
+    dataset_id: int = Field(gt=0)
+    evaluation_id: int = Field(gt=0)
+    accuracy: float
+    macro_f1: float
+
+
+class RequestFailed(Message):
+    """A request ended in failure; the same text is in ``training_requests.error``."""
+
+    routing_key: ClassVar[str] = "request.failed"
+    type: Literal["RequestFailed"] = "RequestFailed"
+    stage: str
+    error: str
+
+
+AnyMessage = Annotated[
+    TrainingRequested
+    | EvaluationRequested
+    | DatasetReady
+    | ModelReady
+    | ModelEvaluated
+    | RequestFailed,
+    Field(discriminator="type"),
+]
+_ANY: TypeAdapter[Message] = TypeAdapter(AnyMessage)  # type: ignore[arg-type]
+
+
+def first_error(exc: ValidationError) -> str:
+    """One line naming the field: ``training.epochs: Input should be greater than 0``."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "request"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}"
+
+
+def parse_message(body: bytes | str) -> Message:
+    """Parse any message body; raise :class:`InvalidMessage` with a clear one-line reason."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidMessage(f"body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidMessage("body is not a JSON object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise InvalidMessage(
+            f"unsupported schema_version {version!r}; this build understands {SCHEMA_VERSION}"
+        )
+    try:
+        return _ANY.validate_python(data)
+    except ValidationError as exc:
+        raise InvalidMessage(f"invalid {data.get('type', 'message')}: {first_error(exc)}") from exc

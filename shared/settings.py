@@ -1,0 +1,106 @@
+"""Settings from the environment (and a git-ignored ``.env``), read once per process.
+
+Defaults equal ``config.example.env``: the local services that
+``chouette services up`` starts, so that with no ``.env`` everything works locally.
+Secrets are ``SecretStr``: their repr is ``'**********'`` and they never reach a log
+line. URLs that embed a password are shown through :func:`redact_url`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_FILE = ".env"
+
+
+def _config(prefix: str = "") -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_prefix=prefix, env_file=ENV_FILE, env_file_encoding="utf-8", extra="ignore"
+    )
+
+
+def redact_url(url: str | SecretStr) -> str:
+    """``amqp://user:secret@host/`` → ``amqp://user:***@host/`` (safe to log)."""
+    raw = url.get_secret_value() if isinstance(url, SecretStr) else url
+    parts = urlsplit(raw)
+    if parts.password is None:
+        return raw
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Settings(BaseSettings):
+    """The environment contract of DESIGN §3 plus the shared knobs."""
+
+    model_config = _config()
+
+    chouette_api_url: str = "http://127.0.0.1:8081"
+    chouette_username: str = ""
+    chouette_password: SecretStr = SecretStr("")
+    chouette_auth: Literal["auto", "token", "basic"] = "auto"
+
+    amqp_url: SecretStr = SecretStr("amqp://chouette:chouette@127.0.0.1:5672/")
+    database_url: SecretStr = SecretStr("postgresql://chouette:chouette@127.0.0.1:5432/chouette")
+
+    # Prefix of every exchange and queue name: lets several pipelines (or tests) share a broker.
+    broker_namespace: str = "chouette"
+    # Deliveries of one message before it is dead-lettered (RabbitMQ x-delivery-limit).
+    broker_delivery_limit: int = 5
+    amqp_heartbeat: int = 30
+
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    # Where `chouette services up` keeps RabbitMQ and PostgreSQL data.
+    chouette_home: Path = Path(".chouette")
+
+    @property
+    def has_api_credentials(self) -> bool:
+        return bool(self.chouette_username and self.chouette_password.get_secret_value())
+
+
+class FetcherSettings(BaseSettings):
+    model_config = _config("FETCHER_")
+
+    concurrency: int = 16
+    request_timeout: float = 30.0
+    max_retries: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    allow_private_hosts: bool = False
+    prefetch: int = 4
+
+
+class TrainerSettings(BaseSettings):
+    model_config = _config("TRAINER_")
+
+    # Hard limit on one training; RabbitMQ's consumer_timeout is set above it.
+    max_seconds: int = 6 * 3600
+    prefetch: int = 1
+    min_train_images: int = 6
+    weight_part_bytes: int = 4 * 1024 * 1024
+    gpu_mixed_precision: bool = True
+    gpu_xla: bool = True
+    # Grace period on SIGTERM before the current message is abandoned (redelivered).
+    stop_grace_seconds: float = 5.0
+
+
+class EvaluatorSettings(BaseSettings):
+    model_config = _config("EVALUATOR_")
+
+    prefetch: int = 1
+    batch_size: int = 32
+    # A new model becomes champion when its macro F1 beats the champion's by this much.
+    promotion_margin: float = 0.01
+
+
+def consumer_timeout_ms(trainer: TrainerSettings) -> int:
+    """RabbitMQ's consumer_timeout must outlast the longest training (plus an hour's margin)."""
+    return (trainer.max_seconds + 3600) * 1000
