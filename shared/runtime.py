@@ -1,0 +1,102 @@
+"""The life cycle every service shares: settings → logging → pool → migrations → broker →
+consume until SIGTERM → close. A service's ``__main__`` only builds its handler.
+
+    async def main() -> None:
+        await serve(FETCHER, (TrainingRequested, EvaluationRequested), make_handler, prefetch=4)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from shared import db, logs
+from shared.broker import Broker, Handler
+from shared.messages import Message
+from shared.settings import Settings, redact_url
+
+logger = logging.getLogger(__name__)
+
+HandlerFactory = Callable[[db.Pool, Broker, Settings], Awaitable[Handler] | Handler]
+
+
+def make_failure_sink(pool: db.Pool) -> Callable[..., Awaitable[None]]:
+    async def on_failure(
+        *,
+        request_id: uuid.UUID | None,
+        queue: str,
+        stage: str,
+        error: str,
+        body: bytes | None,
+    ) -> None:
+        await db.record_failure(
+            pool, request_id=request_id, queue=queue, stage=stage, error=error, body=body
+        )
+
+    return on_failure
+
+
+async def connect_with_retry(
+    connect: Callable[[], Awaitable[object]], what: str, *, attempts: int = 30, delay: float = 1.0
+) -> object:
+    """Services may start before RabbitMQ/PostgreSQL are ready: wait for them a while."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await connect()
+        except Exception as exc:
+            if attempt == attempts:
+                raise
+            logger.warning("%s not reachable yet (%s); retry %d/%d", what, exc, attempt, attempts)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+async def serve(
+    queue: str,
+    accepts: tuple[type[Message], ...],
+    make_handler: HandlerFactory,
+    *,
+    prefetch: int = 1,
+    grace: float = 10.0,
+    settings: Settings | None = None,
+) -> None:
+    """Run one consumer until SIGTERM/SIGINT; exits cleanly (in-flight work is redelivered)."""
+    settings = settings or Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    dsn = settings.database_url.get_secret_value()
+    logger.info(
+        "starting %s: broker %s, database %s",
+        queue,
+        redact_url(settings.amqp_url),
+        redact_url(settings.database_url),
+    )
+    pool: db.Pool = await connect_with_retry(lambda: db.create_pool(dsn), "PostgreSQL")  # type: ignore[assignment]
+    try:
+        await db.migrate(pool)
+        broker = Broker(
+            settings.amqp_url.get_secret_value(),
+            namespace=settings.broker_namespace,
+            delivery_limit=settings.broker_delivery_limit,
+            heartbeat=settings.amqp_heartbeat,
+        )
+        await connect_with_retry(broker.connect, "RabbitMQ")
+        try:
+            handler = make_handler(pool, broker, settings)
+            if asyncio.iscoroutine(handler):
+                handler = await handler
+            await broker.consume(
+                queue,
+                accepts,
+                handler,  # type: ignore[arg-type]
+                on_failure=make_failure_sink(pool),
+                prefetch=prefetch,
+            )
+            logger.info("%s ready", queue)
+            await broker.run_until_signalled(grace)
+        finally:
+            await broker.close()
+    finally:
+        await pool.close()
+    logger.info("%s stopped", queue)
