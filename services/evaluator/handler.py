@@ -1,0 +1,170 @@
+"""ModelReady / DatasetReady(evaluation) → score the images → ModelEvaluated.
+
+    ModelReady(model, dataset)                    → the model's held-out ``test`` split
+    DatasetReady(evaluation, model, dataset, split) → that split of another date range
+
+The model is read back from Postgres through the trainer's weight store (checksum
+verified, rebuilt from its recorded spec, so preprocessing and image size are the
+training ones). Nothing is written before the one transaction of
+:func:`store.save_evaluation`; a failure before it (corrupt weights, no images) leaves no
+evaluation and no prediction rows, and the broker layer marks the request ``failed``.
+The same (model, dataset, split) a second time re-emits the stored result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from services.evaluator import metrics, scoring, store
+from shared import db
+from shared.errors import InvalidMessage, PermanentError
+from shared.messages import DatasetReady, ModelEvaluated, ModelReady
+from shared.settings import EvaluatorSettings
+
+logger = logging.getLogger(__name__)
+
+# (pool, model_id) → (keras model, its ModelSpec, info); raises CorruptWeights on a bad checksum
+LoadModel = Callable[[db.Pool, int], Awaitable[tuple[Any, Any, dict[str, Any]]]]
+MakePredictor = Callable[[Any, int], Callable[[Any], Any]]
+
+
+class NoImagesToEvaluate(PermanentError):
+    """The dataset split holds no image of the model's classes."""
+
+
+@dataclass(frozen=True)
+class Target:
+    model_id: int
+    dataset_id: int
+    split: str
+
+
+def target_of(message: ModelReady | DatasetReady) -> Target:
+    if isinstance(message, ModelReady):
+        return Target(message.model_id, message.dataset_id, "test")
+    if message.purpose != "evaluation" or message.model_id is None:
+        raise InvalidMessage(f"the evaluator got a DatasetReady for {message.purpose}")
+    return Target(message.model_id, message.dataset_id, message.split)
+
+
+def _default_predictor(model: Any, image_size: int) -> scoring.Predictor:
+    predictor = scoring.Predictor(model, image_size)
+    predictor.warm_up()
+    return predictor
+
+
+@dataclass
+class Evaluator:
+    """The evaluator's message handler; plain objects in, the next message out."""
+
+    pool: db.Pool
+    settings: EvaluatorSettings
+    load_model: LoadModel
+    decode: scoring.Decode
+    make_predictor: MakePredictor = _default_predictor
+
+    async def __call__(self, message: ModelReady | DatasetReady) -> ModelEvaluated:
+        target = target_of(message)
+        request_id = message.request_id
+
+        existing = await store.find_evaluation(
+            self.pool, target.model_id, target.dataset_id, target.split
+        )
+        if existing is not None:
+            logger.info(
+                "model %d already evaluated on dataset %d/%s (evaluation %d); re-emitting",
+                target.model_id,
+                target.dataset_id,
+                target.split,
+                existing.id,
+            )
+            await store.mark_done(self.pool, request_id, existing.id)
+            return _evaluated(request_id, existing)
+
+        await store.model_class_names(self.pool, target.model_id)  # exists and is trained
+        await store.mark_started(self.pool, request_id, target.model_id)
+        model, spec, _ = await self.load_model(self.pool, target.model_id)
+        class_names: Sequence[str] = tuple(spec.class_names)
+        image_size = int(spec.image_size)
+
+        images, skipped = await store.list_images(
+            self.pool, target.dataset_id, target.split, class_names
+        )
+        if skipped:
+            logger.warning(
+                "%d image(s) of dataset %d/%s have a tag the model does not know; left out",
+                skipped,
+                target.dataset_id,
+                target.split,
+            )
+        if not images:
+            raise NoImagesToEvaluate(
+                f"dataset {target.dataset_id} has no {target.split!r} images of the classes "
+                f"{', '.join(class_names)} of model {target.model_id}"
+            )
+
+        predictor = await asyncio.to_thread(self.make_predictor, model, image_size)
+
+        async def fetch(shas: Sequence[str]) -> Sequence[bytes]:
+            return await store.image_bytes(self.pool, shas)
+
+        async def progress(done: int, total: int) -> None:
+            await store.mark_progress(self.pool, request_id, f"scoring {done}/{total}")
+
+        scores = await scoring.score(
+            predictor,
+            self.decode,
+            fetch,
+            [ref.sha256 for ref in images],
+            image_size=image_size,
+            batch_size=self.settings.batch_size,
+            on_progress=progress,
+        )
+        index = {name: i for i, name in enumerate(class_names)}
+        report = metrics.evaluate(
+            [index[ref.tag] for ref in images], scores.probabilities, class_names
+        )
+        saved = await store.save_evaluation(
+            self.pool,
+            request_id=request_id,
+            model_id=target.model_id,
+            dataset_id=target.dataset_id,
+            split=target.split,
+            metrics=report,
+            images_per_second=scores.images_per_second,
+            images=images,
+            probabilities=scores.probabilities,
+            promotion_margin=self.settings.promotion_margin,
+        )
+        logger.info(
+            "evaluation %d: model %d on dataset %d/%s, %d images, accuracy %.3f, "
+            "macro F1 %.3f, balanced accuracy %.3f, %.0f images/s%s%s",
+            saved.id,
+            target.model_id,
+            target.dataset_id,
+            target.split,
+            report.n_images,
+            report.accuracy,
+            report.macro_f1,
+            report.balanced_accuracy,
+            scores.images_per_second,
+            f", absent: {', '.join(report.absent_classes)}" if report.absent_classes else "",
+            "" if saved.promotion is None else f", champion now model {saved.promotion.model_id}",
+        )
+        return _evaluated(request_id, saved)
+
+
+def _evaluated(request_id: uuid.UUID, saved: store.StoredEvaluation) -> ModelEvaluated:
+    return ModelEvaluated(
+        request_id=request_id,
+        model_id=saved.model_id,
+        dataset_id=saved.dataset_id,
+        evaluation_id=saved.id,
+        accuracy=saved.accuracy,
+        macro_f1=saved.macro_f1,
+    )

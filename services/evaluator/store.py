@@ -1,0 +1,341 @@
+"""All of the evaluator's SQL.
+
+An evaluation is written in one transaction: the ``evaluations`` row, one ``predictions``
+row per image, the champion decision with its history, and the request's final status.
+``evaluations`` is unique on (model, dataset, split): a redelivered message (or a second
+evaluator racing on the same message) finds the committed row and re-emits it instead of
+writing a second one.
+
+Champion rule, per class set (``'grass,ground,vine'``): models are only compared on a
+*shared* evaluation dataset, i.e. the same (dataset, split). When an evaluation commits,
+the best evaluation of that class set on its (dataset, split) replaces the champion if
+there is none, or if its macro F1 beats the champion's macro F1 *on that same
+(dataset, split)* by ``margin``. When the champion was never scored there, nothing is
+promoted (evaluate the champion on that date range to compare). Decisions for one class
+set are serialized by a transaction-level advisory lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+
+from services.evaluator.metrics import Metrics
+from shared import db
+from shared.errors import PermanentError
+
+logger = logging.getLogger(__name__)
+
+# First key of the two-int advisory lock taken around a champion decision ("EV").
+_CHAMPION_LOCK_NAMESPACE = 0x4556
+STAGE = "evaluating"
+
+
+class ModelNotEvaluable(PermanentError):
+    """The model does not exist or is not in the ``trained`` state."""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    sha256: str
+    tag: str
+
+
+@dataclass(frozen=True)
+class Promotion:
+    class_set: str
+    model_id: int
+    evaluation_id: int
+    macro_f1: float
+    previous_model_id: int | None
+    previous_macro_f1: float | None
+
+
+@dataclass(frozen=True)
+class StoredEvaluation:
+    id: int
+    model_id: int
+    dataset_id: int
+    split: str
+    accuracy: float
+    macro_f1: float
+    n_images: int
+    created: bool  # False: it was already there (redelivery) and nothing was written
+    promotion: Promotion | None = None
+
+
+def class_set(class_names: Sequence[str]) -> str:
+    """The champion key: sorted class names joined by commas (same as SQL ``class_set()``)."""
+    return ",".join(sorted(class_names))
+
+
+def beats(challenger_f1: float, champion_f1: float, margin: float) -> bool:
+    """Does the challenger's macro F1 beat the champion's by ``margin`` (strictly if 0)?"""
+    if margin <= 0:
+        return challenger_f1 > champion_f1
+    # Tolerance: 0.81 vs 0.80 with margin 0.01 counts as a win despite float rounding.
+    return challenger_f1 - champion_f1 >= margin - 1e-12
+
+
+# -- reads ------------------------------------------------------------------------------------
+
+
+async def model_class_names(con: asyncpg.Connection | db.Pool, model_id: int) -> list[str]:
+    """The class names of a trained model; :class:`ModelNotEvaluable` otherwise."""
+    row = await con.fetchrow("SELECT status, class_names FROM models WHERE id = $1", model_id)
+    if row is None:
+        raise ModelNotEvaluable(f"model {model_id} does not exist")
+    if row["status"] != "trained":
+        raise ModelNotEvaluable(f"model {model_id} is {row['status']}, not trained")
+    return list(row["class_names"])
+
+
+async def find_evaluation(
+    con: asyncpg.Connection | db.Pool, model_id: int, dataset_id: int, split: str
+) -> StoredEvaluation | None:
+    row = await con.fetchrow(
+        "SELECT id, model_id, dataset_id, split, accuracy, macro_f1, n_images FROM evaluations"
+        " WHERE model_id = $1 AND dataset_id = $2 AND split = $3",
+        model_id,
+        dataset_id,
+        split,
+    )
+    return None if row is None else _stored(row, created=False)
+
+
+async def list_images(
+    con: asyncpg.Connection | db.Pool, dataset_id: int, split: str, class_names: Sequence[str]
+) -> tuple[list[ImageRef], int]:
+    """Images of a dataset split ('all' = every split) whose tag is one of the model's
+    classes, in a stable order; and how many were left out for an unknown tag."""
+    rows = await con.fetch(
+        "SELECT sha256, tag FROM dataset_images"
+        " WHERE dataset_id = $1 AND ($2 = 'all' OR split = $2)"
+        " ORDER BY sha256",
+        dataset_id,
+        split,
+    )
+    known = set(class_names)
+    refs = [ImageRef(r["sha256"], r["tag"]) for r in rows if r["tag"] in known]
+    return refs, len(rows) - len(refs)
+
+
+async def image_bytes(con: asyncpg.Connection | db.Pool, shas: Sequence[str]) -> list[bytes]:
+    """The stored bytes of these images, in the order asked."""
+    rows = await con.fetch(
+        "SELECT sha256, bytes FROM images WHERE sha256 = ANY($1::text[])", list(shas)
+    )
+    found = {r["sha256"]: r["bytes"] for r in rows}
+    missing = [s for s in shas if s not in found]
+    if missing:
+        raise PermanentError(f"{len(missing)} image(s) missing from the images table")
+    return [found[s] for s in shas]
+
+
+# -- request status -----------------------------------------------------------------------------
+
+
+async def mark_started(pool: db.Pool, request_id: uuid.UUID, model_id: int) -> None:
+    await db.set_stage(pool, request_id, STAGE, "loading model", model_id=model_id)
+
+
+async def mark_progress(pool: db.Pool, request_id: uuid.UUID, progress: str) -> None:
+    await db.set_progress(pool, request_id, progress)
+
+
+async def mark_done(
+    con: asyncpg.Connection | db.Pool, request_id: uuid.UUID, evaluation_id: int
+) -> None:
+    """The request succeeded with this evaluation (no-op if it already ended)."""
+    await db.set_stage(
+        con, request_id, "done", None, status="succeeded", evaluation_id=evaluation_id
+    )
+
+
+# -- the one write ----------------------------------------------------------------------------
+
+
+async def save_evaluation(
+    pool: db.Pool,
+    *,
+    request_id: uuid.UUID,
+    model_id: int,
+    dataset_id: int,
+    split: str,
+    metrics: Metrics,
+    images_per_second: float | None,
+    images: Sequence[ImageRef],
+    probabilities: npt.NDArray[np.floating],
+    promotion_margin: float,
+) -> StoredEvaluation:
+    """Evaluation + predictions + champion decision + request done, all or nothing."""
+    if len(images) != len(probabilities):
+        raise ValueError(f"{len(images)} images but {len(probabilities)} probability rows")
+    async with pool.acquire() as con, con.transaction():
+        evaluation_id = await con.fetchval(
+            "INSERT INTO evaluations (model_id, dataset_id, split, request_id, accuracy, loss,"
+            " macro_f1, balanced_accuracy, per_class, confusion_matrix, class_names, n_images,"
+            " images_per_second)"
+            " VALUES ($1, $2, $3, (SELECT id FROM training_requests WHERE id = $4),"
+            " $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            " ON CONFLICT (model_id, dataset_id, split) DO NOTHING RETURNING id",
+            model_id,
+            dataset_id,
+            split,
+            request_id,
+            metrics.accuracy,
+            metrics.loss,
+            metrics.macro_f1,
+            metrics.balanced_accuracy,
+            metrics.per_class_json(),
+            metrics.confusion_matrix,
+            list(metrics.class_names),
+            metrics.n_images,
+            images_per_second,
+        )
+        if evaluation_id is None:
+            # Another delivery of the same work committed first: keep its row, write nothing.
+            existing = await find_evaluation(con, model_id, dataset_id, split)
+            assert existing is not None
+            await mark_done(con, request_id, existing.id)
+            return existing
+
+        await con.copy_records_to_table(
+            "predictions",
+            columns=("evaluation_id", "sha256", "true_label", "predicted", "probabilities"),
+            records=_prediction_records(evaluation_id, images, probabilities, metrics.class_names),
+        )
+        promotion = await _decide_champion(
+            con, class_set(metrics.class_names), dataset_id, split, promotion_margin
+        )
+        await mark_done(con, request_id, evaluation_id)
+    return StoredEvaluation(
+        id=evaluation_id,
+        model_id=model_id,
+        dataset_id=dataset_id,
+        split=split,
+        accuracy=metrics.accuracy,
+        macro_f1=metrics.macro_f1,
+        n_images=metrics.n_images,
+        created=True,
+        promotion=promotion,
+    )
+
+
+def _prediction_records(
+    evaluation_id: int,
+    images: Sequence[ImageRef],
+    probabilities: npt.NDArray[np.floating],
+    class_names: Sequence[str],
+) -> list[tuple[object, ...]]:
+    predicted = np.asarray(probabilities).argmax(axis=1)
+    records = []
+    for ref, probs, best in zip(images, probabilities, predicted, strict=True):
+        by_class = {name: round(float(p), 6) for name, p in zip(class_names, probs, strict=True)}
+        records.append((evaluation_id, ref.sha256, ref.tag, class_names[int(best)], by_class))
+    return records
+
+
+async def _decide_champion(
+    con: asyncpg.Connection, key: str, dataset_id: int, split: str, margin: float
+) -> Promotion | None:
+    await con.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))", _CHAMPION_LOCK_NAMESPACE, key
+    )
+    best = await con.fetchrow(
+        "SELECT e.id, e.model_id, e.macro_f1 FROM evaluations e JOIN models m ON m.id = e.model_id"
+        " WHERE e.dataset_id = $1 AND e.split = $2 AND class_set(e.class_names) = $3"
+        " AND e.macro_f1 IS NOT NULL AND m.status = 'trained'"
+        " ORDER BY e.macro_f1 DESC, e.created_at, e.id LIMIT 1",
+        dataset_id,
+        split,
+        key,
+    )
+    if best is None:
+        return None
+    champion = await con.fetchrow(
+        "SELECT model_id FROM champions WHERE class_set = $1 FOR UPDATE", key
+    )
+    previous_model_id: int | None = None
+    previous_f1: float | None = None
+    if champion is not None:
+        previous_model_id = champion["model_id"]
+        if previous_model_id == best["model_id"]:
+            return None
+        previous_f1 = await con.fetchval(
+            "SELECT macro_f1 FROM evaluations WHERE model_id = $1 AND dataset_id = $2"
+            " AND split = $3",
+            previous_model_id,
+            dataset_id,
+            split,
+        )
+        if previous_f1 is None:
+            logger.info(
+                "champion %s: model %d was never evaluated on dataset %d/%s; no comparison",
+                key,
+                previous_model_id,
+                dataset_id,
+                split,
+            )
+            return None
+        if not beats(best["macro_f1"], previous_f1, margin):
+            return None
+
+    await con.execute(
+        "INSERT INTO champions (class_set, model_id, evaluation_id, macro_f1)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (class_set) DO UPDATE SET"
+        " model_id = EXCLUDED.model_id, evaluation_id = EXCLUDED.evaluation_id,"
+        " macro_f1 = EXCLUDED.macro_f1, promoted_at = now()",
+        key,
+        best["model_id"],
+        best["id"],
+        best["macro_f1"],
+    )
+    await con.execute(
+        "INSERT INTO champion_history (class_set, model_id, previous_model_id, evaluation_id,"
+        " macro_f1, previous_macro_f1) VALUES ($1, $2, $3, $4, $5, $6)",
+        key,
+        best["model_id"],
+        previous_model_id,
+        best["id"],
+        best["macro_f1"],
+        previous_f1,
+    )
+    promotion = Promotion(
+        class_set=key,
+        model_id=best["model_id"],
+        evaluation_id=best["id"],
+        macro_f1=best["macro_f1"],
+        previous_model_id=previous_model_id,
+        previous_macro_f1=previous_f1,
+    )
+    logger.info(
+        "champion %s: model %d (macro F1 %.4f) replaces %s (%s) on dataset %d/%s",
+        key,
+        promotion.model_id,
+        promotion.macro_f1,
+        previous_model_id,
+        "-" if previous_f1 is None else f"{previous_f1:.4f}",
+        dataset_id,
+        split,
+    )
+    return promotion
+
+
+def _stored(row: asyncpg.Record, *, created: bool) -> StoredEvaluation:
+    return StoredEvaluation(
+        id=row["id"],
+        model_id=row["model_id"],
+        dataset_id=row["dataset_id"],
+        split=row["split"],
+        accuracy=row["accuracy"],
+        macro_f1=row["macro_f1"],
+        n_images=row["n_images"],
+        created=created,
+    )
