@@ -1,0 +1,419 @@
+"""RabbitMQ and PostgreSQL for development and tests, from the system's binaries.
+
+``chouette services up|down|status`` uses :func:`up`, :func:`down` and :func:`status`;
+the test suite starts private instances on free ports with the same classes.
+
+Both servers listen on 127.0.0.1 only and keep their data under one directory
+(``.chouette/`` by default). Users, passwords, database, vhost and ports are read from
+``DATABASE_URL`` and ``AMQP_URL``, so the servers always match the configuration.
+PostgreSQL refuses to run as root and RabbitMQ's files must belong to ``rabbitmq``:
+as root, each server runs as its own system user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from shared.settings import Settings, TrainerSettings, consumer_timeout_ms
+
+logger = logging.getLogger(__name__)
+
+PG_BIN_DIRS = [Path("/usr/lib/postgresql") / v / "bin" for v in ("17", "16", "15", "14", "13")]
+RABBIT_BIN_DIR = Path("/usr/lib/rabbitmq/bin")
+
+
+class ServiceError(RuntimeError):
+    """A local server could not be installed, started or reached."""
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _as_user(user: str) -> list[str]:
+    """Prefix a command so it runs as ``user`` when we are root."""
+    if not _is_root():
+        return []
+    return ["runuser", "-u", user, "--"]
+
+
+def _chown(path: Path, user: str) -> None:
+    if _is_root():
+        entry = pwd.getpwnam(user)
+        for p in [path, *path.rglob("*")]:
+            os.chown(p, entry.pw_uid, entry.pw_gid)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _apt_install(packages: list[str]) -> None:
+    if not (_is_root() and shutil.which("apt-get")):
+        raise ServiceError(
+            f"missing {', '.join(packages)}: install with "
+            f"`sudo apt-get install -y {' '.join(packages)}`"
+        )
+    logger.info("installing %s with apt-get", " ".join(packages))
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+        check=True,
+        env=env,
+    )
+
+
+def pg_bin(name: str) -> str:
+    for directory in PG_BIN_DIRS:
+        if (directory / name).exists():
+            return str(directory / name)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise ServiceError(f"PostgreSQL binary {name!r} not found")
+
+
+def ensure_binaries() -> None:
+    """Install the Debian packages when run as root and they are missing."""
+    missing = []
+    try:
+        pg_bin("initdb")
+    except ServiceError:
+        missing.append("postgresql")
+    if not (RABBIT_BIN_DIR / "rabbitmq-server").exists():
+        missing.append("rabbitmq-server")
+    if missing:
+        _apt_install(missing)
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+@dataclass
+class PostgresServer:
+    data_dir: Path
+    port: int = 5432
+    user: str = "chouette"
+    password: str = "chouette"
+    database: str = "chouette"
+    superuser: bool = False  # the test suite's role creates databases and extensions
+
+    @classmethod
+    def from_url(cls, url: str, home: Path) -> PostgresServer:
+        parts = urlsplit(url)
+        return cls(
+            data_dir=home / "postgres",
+            port=parts.port or 5432,
+            user=unquote(parts.username or "chouette"),
+            password=unquote(parts.password or ""),
+            database=(parts.path or "/chouette").lstrip("/") or "chouette",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+
+    @property
+    def _socket_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    def _run(self, *cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*_as_user("postgres"), *cmd], check=True, capture_output=True, text=True
+        )
+
+    def _psql(self, sql: str, database: str = "postgres") -> str:
+        out = self._run(
+            pg_bin("psql"), "-h", str(self._socket_dir), "-p", str(self.port), "-U", "postgres",
+            "-d", database, "-v", "ON_ERROR_STOP=1", "-tAc", sql,
+        )  # fmt: skip
+        return out.stdout.strip()
+
+    def start(self) -> None:
+        if self.healthy():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if _is_root():
+            # postgres must be able to reach its data directory.
+            for parent in self.data_dir.resolve().parents:
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    os.chmod(parent, mode | 0o001)
+        fresh = not (self.data_dir / "PG_VERSION").exists()
+        if fresh:
+            _chown(self.data_dir, "postgres")
+            self._run(
+                pg_bin("initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
+                "--no-instructions",
+            )  # fmt: skip
+        self._socket_dir.mkdir(exist_ok=True)
+        _chown(self._socket_dir, "postgres")
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self._socket_dir}"
+            " -c fsync=off -c max_connections=200 -c shared_buffers=128MB"
+        )
+        try:
+            self._run(
+                pg_bin("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.data_dir / "server.log"),
+                "-o", options, "-w", "-t", "60", "start",
+            )  # fmt: skip
+        except subprocess.CalledProcessError as exc:
+            log = (self.data_dir / "server.log").read_text(errors="replace")[-2000:]
+            raise ServiceError(f"PostgreSQL did not start: {exc.stderr}\n{log}") from exc
+        self._ensure_role_and_database()
+
+    def _ensure_role_and_database(self) -> None:
+        password = self.password.replace("'", "''")
+        exists = self._psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{self.user}'")
+        verb = "ALTER" if exists else "CREATE"
+        extra = " SUPERUSER" if self.superuser else " CREATEDB"
+        self._psql(f"{verb} ROLE \"{self.user}\" LOGIN PASSWORD '{password}'{extra}")
+        if not self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"):
+            self._psql(f'CREATE DATABASE "{self.database}" OWNER "{self.user}"')
+
+    def stop(self) -> None:
+        if not (self.data_dir / "postmaster.pid").exists():
+            return
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run(pg_bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
+
+    def healthy(self) -> bool:
+        import asyncpg
+
+        async def check() -> bool:
+            con = await asyncpg.connect(self.url, timeout=3)
+            try:
+                return bool(await con.fetchval("SELECT 1") == 1)
+            finally:
+                await con.close()
+
+        if not _port_open(self.port):
+            return False
+        try:
+            return asyncio.run(check())
+        except Exception:
+            return False
+
+
+# -- RabbitMQ --------------------------------------------------------------------------------
+
+
+@dataclass
+class RabbitServer:
+    base_dir: Path
+    port: int = 5672
+    user: str = "chouette"
+    password: str = "chouette"
+    vhost: str = "/"
+    consumer_timeout_ms: int = 7 * 3600 * 1000
+
+    @classmethod
+    def from_url(cls, url: str, home: Path, consumer_timeout: int) -> RabbitServer:
+        parts = urlsplit(url)
+        return cls(
+            base_dir=home / "rabbitmq",
+            port=parts.port or 5672,
+            user=unquote(parts.username or "guest"),
+            password=unquote(parts.password or "guest"),
+            vhost=unquote(parts.path[1:]) if parts.path not in ("", "/") else "/",
+            consumer_timeout_ms=consumer_timeout,
+        )
+
+    @property
+    def url(self) -> str:
+        vhost = "" if self.vhost == "/" else self.vhost
+        return f"amqp://{self.user}:{self.password}@127.0.0.1:{self.port}/{vhost}"
+
+    # Distribution and epmd ports derive from the AMQP port so instances never collide.
+    @property
+    def dist_port(self) -> int:
+        return 20000 + self.port if self.port < 45000 else self.port - 20000
+
+    @property
+    def epmd_port(self) -> int:
+        return self.dist_port + 1
+
+    @property
+    def nodename(self) -> str:
+        return f"chouette{self.port}@localhost"
+
+    def _env(self) -> dict[str, str]:
+        base = self.base_dir.resolve()
+        return {
+            "PATH": f"{RABBIT_BIN_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "HOME": str(base),  # the Erlang cookie lives here, private to this instance
+            "LANG": "C.UTF-8",
+            "RABBITMQ_NODENAME": self.nodename,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(base / "log"),
+            "RABBITMQ_LOGS": str(base / "log" / "rabbit.log"),
+            "RABBITMQ_PID_FILE": str(base / "rabbit.pid"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        }
+
+    def _write_config(self) -> None:
+        base = self.base_dir
+        for sub in ("mnesia", "log"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "rabbitmq.conf").write_text(
+            "\n".join(
+                [
+                    f"listeners.tcp.1 = 127.0.0.1:{self.port}",
+                    f"default_user = {self.user}",
+                    f"default_pass = {self.password}",
+                    f"default_vhost = {self.vhost}",
+                    "default_permissions.configure = .*",
+                    "default_permissions.read = .*",
+                    "default_permissions.write = .*",
+                    "loopback_users = none",
+                    # Above the trainer's hard time limit: a long training is not a stuck consumer.
+                    f"consumer_timeout = {self.consumer_timeout_ms}",
+                    "disk_free_limit.absolute = 50MB",
+                    "log.console = false",
+                    "log.file.level = warning",
+                    "",
+                ]
+            )
+        )
+        (base / "enabled_plugins").write_text("[].\n")
+        (base / "advanced.config").write_text("[].\n")
+        (base / "rabbitmq.conf").chmod(0o600)
+        _chown(base, "rabbitmq")
+
+    def start(self, timeout: float = 90.0) -> None:
+        if self.healthy():
+            return
+        self._write_config()
+        log = open(self.base_dir / "log" / "startup.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [*_as_user("rabbitmq"), str(RABBIT_BIN_DIR / "rabbitmq-server")],
+            env=self._env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.base_dir,
+        )
+        log.close()
+        (self.base_dir / "server.pgid").write_text(str(proc.pid))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ServiceError(f"RabbitMQ exited with {proc.returncode}:\n{self._log_tail()}")
+            if self.healthy():
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise ServiceError(f"RabbitMQ did not become healthy in {timeout:.0f}s:\n{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        texts = []
+        for path in (self.base_dir / "log").glob("*.log"):
+            texts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-1500:]}")
+        return "\n".join(texts)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        pgid_file = self.base_dir / "server.pgid"
+        if pgid_file.exists():
+            pgid = int(pgid_file.read_text())
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and _pgid_alive(pgid):
+                time.sleep(0.2)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+            pgid_file.unlink(missing_ok=True)
+        # epmd daemonizes out of our process group; stop the private one we started.
+        with contextlib.suppress(Exception):
+            subprocess.run(
+                ["epmd", "-port", str(self.epmd_port), "-kill"],
+                capture_output=True,
+                timeout=5,
+                env={**os.environ, "ERL_EPMD_PORT": str(self.epmd_port)},
+            )
+
+    def healthy(self) -> bool:
+        """An AMQP connection with the configured credentials is the health check."""
+        if not _port_open(self.port):
+            return False
+        import aio_pika
+
+        async def check() -> bool:
+            connection = await aio_pika.connect(self.url, timeout=3)
+            await connection.close()
+            return True
+
+        try:
+            return asyncio.run(check())
+        except Exception:
+            return False
+
+
+def _pgid_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+# -- the `chouette services` commands --------------------------------------------------------
+
+
+def servers(settings: Settings) -> tuple[RabbitServer, PostgresServer]:
+    home = settings.chouette_home
+    rabbit = RabbitServer.from_url(
+        settings.amqp_url.get_secret_value(), home, consumer_timeout_ms(TrainerSettings())
+    )
+    postgres = PostgresServer.from_url(settings.database_url.get_secret_value(), home)
+    return rabbit, postgres
+
+
+def up(settings: Settings) -> None:
+    """Start both servers (harmless when they already run)."""
+    ensure_binaries()
+    rabbit, postgres = servers(settings)
+    postgres.start()
+    rabbit.start()
+
+
+def down(settings: Settings) -> None:
+    rabbit, postgres = servers(settings)
+    rabbit.stop()
+    postgres.stop()
+
+
+def status(settings: Settings) -> dict[str, bool]:
+    rabbit, postgres = servers(settings)
+    return {"rabbitmq": rabbit.healthy(), "postgresql": postgres.healthy()}

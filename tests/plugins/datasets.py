@@ -1,0 +1,1 @@
+"""Dataset fixtures (owned by the trainer work)."""

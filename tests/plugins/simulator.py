@@ -1,0 +1,1 @@
+"""Simulator fixtures (owned by the fetcher work)."""

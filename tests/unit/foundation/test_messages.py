@@ -1,0 +1,140 @@
+"""Message contracts: validation shared by the CLI and the consumers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+
+import pytest
+from pydantic import ValidationError
+
+from shared.errors import InvalidMessage
+from shared.messages import (
+    ARCHITECTURES,
+    DatasetReady,
+    DatasetSpec,
+    EvaluationRequested,
+    ModelEvaluated,
+    TrainingParams,
+    TrainingRequested,
+    first_error,
+    parse_message,
+)
+
+RID = uuid.uuid4()
+
+
+def spec(**kw: object) -> DatasetSpec:
+    return DatasetSpec(**{"start_date": "2021-05-01", "end_date": "2021-06-01", **kw})
+
+
+def test_six_architectures() -> None:
+    assert set(ARCHITECTURES) == {
+        "ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "text"),
+    [
+        ({"architecture": "ResNet18"}, "architecture", "ResNet50"),
+        ({"epochs": 0}, "epochs", "greater than 0"),
+        ({"batch_size": -1}, "batch_size", "greater than 0"),
+        ({"test_fraction": 1.0}, "test_fraction", "less than 1"),
+        ({"val_fraction": 0}, "val_fraction", "greater than 0"),
+        ({"image_size": 8}, "image_size", "32"),
+        ({"image_size": 5000}, "image_size", "1024"),
+        ({"optimizer": "lbfgs"}, "optimizer", "adam"),
+        ({"test_fraction": 0.6, "val_fraction": 0.5}, "request", "below 1"),
+    ],
+)
+def test_training_params_rejected_with_field_name(kwargs: dict, field: str, text: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        TrainingParams(**{"architecture": "ResNet50", **kwargs})
+    line = first_error(info.value)
+    assert line.startswith(f"{field}:")
+    assert text in line
+    assert "\n" not in line
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "text"),
+    [
+        ({"tags": "vine,weeds"}, "tags", "vine"),
+        ({"tags": ""}, "tags", "at least one tag"),
+        ({"start_date": "2021-02-30"}, "start_date", "date"),
+        ({"end_date": "yesterday"}, "end_date", "date"),
+        ({"start_date": "2021-07-01"}, "request", "after end_date"),
+    ],
+)
+def test_dataset_spec_rejected_with_field_name(kwargs: dict, field: str, text: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        spec(**kwargs)
+    line = first_error(info.value)
+    assert line.startswith(f"{field}:"), line
+    assert text in line
+
+
+def test_tags_are_canonical_so_equal_filters_are_equal() -> None:
+    assert spec(tags="grass, vine").tags == ("vine", "grass")
+    assert spec(tags=["vine", "grass"]) == spec(tags="grass,vine")
+    assert spec().tags == ("vine", "ground", "grass")
+
+
+def test_messages_are_frozen() -> None:
+    msg = EvaluationRequested(request_id=RID, model_id=3)
+    with pytest.raises(ValidationError):
+        msg.model_id = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        TrainingRequested(
+            request_id=RID, dataset=spec(), training=TrainingParams(architecture="ResNet50V2")
+        ),
+        EvaluationRequested(request_id=RID, model_id=1),
+        EvaluationRequested(request_id=RID, model_id=1, dataset=spec()),
+        DatasetReady(request_id=RID, purpose="evaluation", dataset_id=2, model_id=1, split="all"),
+        ModelEvaluated(
+            request_id=RID, model_id=1, dataset_id=2, evaluation_id=3, accuracy=0.5, macro_f1=0.4
+        ),
+    ],
+)
+def test_round_trip_through_json(message: object) -> None:
+    parsed = parse_message(message.to_json())  # type: ignore[attr-defined]
+    assert parsed == message
+    assert type(parsed) is type(message)
+
+
+def test_dataset_ready_routing_key_follows_purpose() -> None:
+    ready = DatasetReady(request_id=RID, purpose="evaluation", dataset_id=2, model_id=1)
+    assert ready.routing_key == "dataset.ready.evaluation"
+    with pytest.raises(ValidationError, match="training parameters"):
+        DatasetReady(request_id=RID, purpose="training", dataset_id=2)
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        (b"{oops", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"schema_version": 2, "type": "ModelReady"}', "unsupported schema_version 2"),
+        (b'{"type": "ModelReady"}', "unsupported schema_version None"),
+        (b'{"schema_version": 1, "type": "Nope", "request_id": "x"}', "invalid Nope"),
+        (
+            json.dumps({"schema_version": 1, "type": "ModelReady", "request_id": str(RID),
+                        "model_id": -1, "dataset_id": 1}).encode(),
+            "model_id",
+        ),  # fmt: skip
+        (b"\xff\xfe", "not JSON"),
+    ],
+)
+def test_bad_bodies_raise_invalid_message(body: bytes, text: str) -> None:
+    with pytest.raises(InvalidMessage, match=text):
+        parse_message(body)
+
+
+def test_dates_are_real_dates() -> None:
+    assert spec().start_date == dt.date(2021, 5, 1)
