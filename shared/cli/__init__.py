@@ -1,0 +1,20 @@
+"""The ``chouette`` command line: a producer and a window on Postgres, not a service.
+
+    chouette train | evaluate     validate with the message models, record, publish (--wait follows)
+    chouette status | watch       request progress from Postgres (watch: LISTEN/NOTIFY)
+    chouette models | report      the model registry; curves and confusion matrix as PNG
+    chouette predict              class probabilities for local images (loads TensorFlow)
+    chouette services | worker    local RabbitMQ + PostgreSQL; run one service by module name
+
+Exit codes: 0 success, 1 failure (the request failed, a server is unreachable),
+2 bad input (one line naming the field; nothing is published).
+
+Importing this package stays cheap (no TensorFlow, no matplotlib, no drivers) so that
+``chouette --help`` answers at once; each command imports what it needs.
+"""
+
+from __future__ import annotations
+
+from shared.cli.app import main
+
+__all__ = ["main"]

@@ -1,0 +1,242 @@
+"""The commands that talk to Postgres and RabbitMQ: train, evaluate, status, watch, models.
+
+``predict`` and ``report`` live in their own modules (they load TensorFlow / matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import sys
+import uuid
+from collections.abc import AsyncIterator
+
+from shared import db
+from shared.cli import queries, render
+from shared.cli.app import FAILED, OK, CommandFailed
+from shared.cli.follow import Listener, follow, stop_on_signals, watch
+from shared.cli.parser import UsageError
+from shared.cli.submit import (
+    Publisher,
+    evaluation_request,
+    kind_of,
+    params_json,
+    parse_model_id,
+    training_request,
+)
+from shared.messages import Message
+from shared.settings import Settings, redact_url
+
+CONNECT_TIMEOUT_S = 15.0
+_ID_PREFIX = re.compile(r"[0-9a-fA-F-]{1,36}")
+
+
+async def run_command(
+    args: argparse.Namespace,
+    *,
+    settings: Settings | None = None,
+    publisher: Publisher | None = None,
+) -> int:
+    """Run one command. ``publisher`` replaces the RabbitMQ connection (tests)."""
+    command = args.command
+    if command in ("train", "evaluate"):
+        return await submit_command(args, settings or Settings(), publisher)
+    if command == "predict":
+        from shared.cli.predict import run_predict
+
+        return await run_predict(args, settings or Settings())
+    if command == "report":
+        from shared.cli.report import run_report
+
+        return await run_report(args, settings or Settings())
+    handlers = {"status": status_command, "watch": watch_command, "models": models_command}
+    return await handlers[command](args, settings or Settings())
+
+
+@contextlib.asynccontextmanager
+async def open_pool(settings: Settings) -> AsyncIterator[db.Pool]:
+    """A small pool with migrations applied (the CLI may be the first to touch a database)."""
+    dsn = settings.database_url.get_secret_value()
+    try:
+        pool = await asyncio.wait_for(db.create_pool(dsn, max_size=2), CONNECT_TIMEOUT_S)
+    except Exception as exc:
+        raise CommandFailed(
+            f"cannot connect to PostgreSQL at {redact_url(dsn)}: {exc}"
+            " (is it running? `chouette services up` starts a local one)"
+        ) from None
+    try:
+        await db.migrate(pool)
+        yield pool
+    finally:
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def open_publisher(settings: Settings) -> AsyncIterator[Publisher]:
+    from shared.broker import Broker
+
+    url = settings.amqp_url.get_secret_value()
+    broker = Broker(
+        url,
+        namespace=settings.broker_namespace,
+        delivery_limit=settings.broker_delivery_limit,
+        heartbeat=settings.amqp_heartbeat,
+    )
+    try:
+        await asyncio.wait_for(broker.connect(), CONNECT_TIMEOUT_S)
+    except Exception as exc:
+        await broker.close()
+        raise CommandFailed(
+            f"cannot connect to RabbitMQ at {redact_url(url)}: {exc}"
+            " (is it running? `chouette services up` starts a local one)"
+        ) from None
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+# -- train / evaluate ---------------------------------------------------------------------
+
+
+async def submit_command(
+    args: argparse.Namespace, settings: Settings, publisher: Publisher | None
+) -> int:
+    message: Message
+    if args.command == "train":
+        message = training_request(args)  # bad input stops here: nothing opened yet
+    else:
+        evaluation_request(args)  # everything but the model's existence, before connecting
+    async with open_pool(settings) as pool:
+        if args.command == "evaluate":
+            message = evaluation_request(args, await _evaluable_model_tags(pool, args.model))
+        async with contextlib.AsyncExitStack() as stack:
+            if publisher is None:
+                publisher = await stack.enter_async_context(open_publisher(settings))
+            listener = None
+            if args.wait:  # subscribe before publishing: no notification can be missed
+                con = await stack.enter_async_context(pool.acquire())
+                listener = await stack.enter_async_context(Listener(con))
+            await _record_and_publish(pool, publisher, message)
+            if listener is None:
+                return await _print_submitted(pool, message.request_id, args.json)
+            return await _wait(listener, message.request_id, args)
+
+
+async def _evaluable_model_tags(pool: db.Pool, model_arg: str) -> tuple[str, ...]:
+    model_id = parse_model_id(model_arg)
+    row = await queries.model(pool, model_id)
+    if row is None:
+        raise UsageError(f"--model (model_id): no model {model_id} (see `chouette models`)")
+    if row["status"] != "trained":
+        raise UsageError(f"--model (model_id): model {model_id} is {row['status']}, not trained")
+    return tuple(row["class_names"])
+
+
+async def _record_and_publish(pool: db.Pool, publisher: Publisher, message: Message) -> None:
+    await db.ensure_request(pool, message.request_id, kind_of(message), params_json(message))
+    try:
+        await publisher.publish(message)
+    except Exception as exc:
+        error = f"could not publish {type(message).__name__}: {exc}"
+        await db.record_failure(
+            pool, request_id=message.request_id, queue="cli", stage="queued", error=error
+        )
+        raise CommandFailed(error) from None
+
+
+async def _print_submitted(pool: db.Pool, request_id: uuid.UUID, as_json: bool) -> int:
+    if as_json:
+        req = await queries.request(pool, request_id)
+        assert req is not None
+        print(render.dumps(render.result_json(req, None)))
+    else:
+        print(request_id)
+    return OK
+
+
+async def _wait(listener: Listener, request_id: uuid.UUID, args: argparse.Namespace) -> int:
+    if not args.json:
+        print(request_id, flush=True)
+    view = render.ProgressView(enabled=not args.json)
+    timed_out = False
+    try:
+        req = await follow(listener, request_id, view, timeout_s=args.timeout)
+    except TimeoutError:
+        timed_out = True
+        req = await queries.request(listener.con, request_id)
+        assert req is not None
+    ev = await queries.evaluation_for_request(listener.con, req)
+    if args.json:
+        print(render.dumps(render.result_json(req, ev)))
+    else:
+        print(render.request_text(req, ev))
+    if timed_out:
+        print(
+            f"chouette: gave up waiting after {args.timeout:g}s; request {request_id} is still"
+            f" {req['status']} ({req['stage']})",
+            file=sys.stderr,
+        )
+        return FAILED
+    if req["status"] != "succeeded":
+        print(
+            f"chouette: request {request_id} failed at {req['stage']}: {req['error']}",
+            file=sys.stderr,
+        )
+        return FAILED
+    return OK
+
+
+# -- status / models / watch --------------------------------------------------------------
+
+
+async def status_command(args: argparse.Namespace, settings: Settings) -> int:
+    if args.request_id is not None and not _ID_PREFIX.fullmatch(args.request_id):
+        raise UsageError(f"REQUEST_ID: not a request id or id prefix: {args.request_id!r}")
+    async with open_pool(settings) as pool:
+        if args.request_id is None:
+            rows = await queries.recent_requests(pool, args.limit)
+            if args.json:
+                print(render.dumps({"requests": rows}))
+            elif rows:
+                print(render.requests_table(rows))
+            else:
+                print("no requests yet (chouette train --help)")
+            return OK
+        matches = await queries.requests_by_prefix(pool, args.request_id)
+        if not matches:
+            raise UsageError(f"REQUEST_ID: no request matches {args.request_id!r}")
+        if len(matches) > 1:
+            raise UsageError(f"REQUEST_ID: {args.request_id!r} matches several requests")
+        req = matches[0]
+        ev = await queries.evaluation_for_request(pool, req)
+        if args.json:
+            print(render.dumps(render.result_json(req, ev)))
+        else:
+            print(render.request_text(req, ev))
+        return OK
+
+
+async def models_command(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_pool(settings) as pool:
+        rows = await queries.registry(pool, args.limit)
+    if args.json:
+        print(render.dumps({"models": rows}))
+    elif rows:
+        print(render.registry_table(rows))
+    else:
+        print("no models yet (chouette train --help)")
+    return OK
+
+
+async def watch_command(args: argparse.Namespace, settings: Settings) -> int:
+    stop = asyncio.Event()
+    async with open_pool(settings) as pool, pool.acquire() as con:
+        restore = stop_on_signals(stop)
+        try:
+            await watch(con, sys.stdout, stop=stop)
+        finally:
+            restore()
+    return OK

@@ -1,0 +1,185 @@
+"""Following requests live through Postgres ``LISTEN/NOTIFY`` (no polling loop).
+
+The schema's triggers notify ``chouette_requests`` (request rows), ``chouette_epochs``
+(per-epoch metrics) and ``chouette_evaluations``. A :class:`Listener` subscribes *before*
+the request is published, and every notification that concerns the request makes us
+re-read its row, so the row in Postgres stays the single source of truth and a missed or
+truncated payload costs nothing. A rare safety re-read (``RECHECK_S``) covers a dropped
+connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import asyncpg
+
+from shared.cli import queries
+from shared.cli.render import FINAL, ProgressView, epoch_metrics, fmt, short_id
+
+RECHECK_S = 30.0
+Event = tuple[str, dict[str, Any]]
+
+
+class Listener:
+    """LISTEN on the pipeline's channels; notifications queue up as ``(channel, payload)``."""
+
+    def __init__(self, con: asyncpg.Connection, channels: tuple[str, ...] = queries.CHANNELS):
+        self.con = con
+        self.channels = channels
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+
+    def _on_notify(self, _con: object, _pid: int, channel: str, payload: str) -> None:
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            data = {}
+        self.events.put_nowait((channel, data))
+
+    async def __aenter__(self) -> Listener:
+        for channel in self.channels:
+            await self.con.add_listener(channel, self._on_notify)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.con.is_closed():
+            return
+        for channel in self.channels:
+            with contextlib.suppress(Exception):
+                await self.con.remove_listener(channel, self._on_notify)
+
+    async def next(self, within_s: float) -> Event | None:
+        try:
+            return await asyncio.wait_for(self.events.get(), within_s)
+        except TimeoutError:
+            return None
+
+
+def _concerns(channel: str, data: dict[str, Any], request_id: str, model_id: Any) -> bool:
+    if channel == queries.EPOCHS:
+        return model_id is not None and data.get("model_id") == model_id
+    return str(data.get("request_id")) == request_id
+
+
+async def follow(
+    listener: Listener,
+    request_id: uuid.UUID,
+    view: ProgressView,
+    *,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Show progress until the request succeeds or fails; return its final row.
+
+    Raises ``TimeoutError`` after ``timeout_s`` seconds.
+    """
+    con = listener.con
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout_s is None else loop.time() + timeout_s
+    req = await queries.request(con, request_id)
+    if req is None:
+        raise LookupError(f"no request {request_id}")
+    epoch_total: int | None = None
+    last_epoch: dict[str, Any] | None = None
+    while True:
+        if req["model_id"] is not None and epoch_total is None:
+            epoch_total = (req["params"].get("training") or {}).get("epochs") or (
+                await queries.model_epoch_total(con, req["model_id"])
+            )
+            rows = await queries.epochs(con, req["model_id"])
+            last_epoch = rows[-1] if rows else None
+        view.request(req, epoch_total, last_epoch)
+        if req["status"] in FINAL:
+            view.close(req)
+            return req
+        wait = RECHECK_S
+        if deadline is not None:
+            wait = min(wait, deadline - loop.time())
+            if wait <= 0:
+                raise TimeoutError(f"request {request_id} still {req['stage']} after {timeout_s}s")
+        event = await listener.next(wait)
+        if event is not None:
+            channel, data = event
+            if not _concerns(channel, data, str(request_id), req["model_id"]):
+                continue
+            if channel == queries.EPOCHS:
+                rows = await queries.epochs(con, req["model_id"])
+                last_epoch = rows[-1] if rows else last_epoch
+        req = await queries.request(con, request_id) or req
+
+
+async def watch(
+    con: asyncpg.Connection,
+    out: TextIO,
+    *,
+    stop: asyncio.Event | None = None,
+    recent: int = 10,
+) -> None:
+    """Print the recent requests, then one line per event until ``stop`` is set."""
+    from shared.cli.render import requests_table
+
+    stop = stop or asyncio.Event()
+    epoch_totals: dict[int, int | None] = {}
+    async with Listener(con) as listener:
+        rows = await queries.recent_requests(con, recent)
+        out.write(requests_table(reversed(rows)) + "\n\nwatching (Ctrl-C to stop)\n")
+        out.flush()
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                getter = asyncio.create_task(listener.events.get())
+                done, _ = await asyncio.wait({getter, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                channel, data = getter.result()
+                if channel == queries.EPOCHS and data.get("model_id") not in epoch_totals:
+                    model_id = data.get("model_id")
+                    epoch_totals[model_id] = await queries.model_epoch_total(con, model_id)
+                out.write(event_line(channel, data, epoch_totals) + "\n")
+                out.flush()
+        finally:
+            stopped.cancel()
+
+
+def event_line(
+    channel: str, data: dict[str, Any], epoch_totals: dict[int, int | None] | None = None
+) -> str:
+    now = dt.datetime.now().strftime("%H:%M:%S")
+    if channel == queries.REQUESTS:
+        text = (
+            f"request    {short_id(data.get('request_id'))}  {data.get('status'):<9}"
+            f" {data.get('stage'):<10} {fmt(data.get('progress'))}"
+        )
+        if data.get("error"):
+            text += f"  error: {' '.join(str(data['error']).split())}"
+    elif channel == queries.EPOCHS:
+        total = (epoch_totals or {}).get(data.get("model_id"))
+        epoch = f"{data.get('epoch')}/{total}" if total else str(data.get("epoch"))
+        text = f"epoch      model {data.get('model_id')}  {epoch}  {epoch_metrics(data)}"
+    else:
+        text = (
+            f"evaluation {data.get('evaluation_id')}  model {data.get('model_id')}"
+            f"  accuracy {fmt(data.get('accuracy'))}  macro_f1 {fmt(data.get('macro_f1'))}"
+        )
+    return f"{now} {text}"
+
+
+def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
+    """Set ``stop`` on SIGINT/SIGTERM; returns the function that restores the handlers."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def restore() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    return restore

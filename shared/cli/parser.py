@@ -1,0 +1,126 @@
+"""The argument grammar of DESIGN §3. Parsing only: the message models validate values.
+
+Optional request flags default to ``None`` so that only what the user typed reaches the
+message models, and the defaults live in one place (``shared/messages.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+WORKERS = ("fetcher", "trainer", "evaluator", "simulator")
+# Kept literal (not imported from shared.messages) so that `--help` never imports pydantic;
+# tests/unit/cli checks they equal the message models' choices.
+ARCHITECTURES = ("ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2")
+TAGS = ("vine", "ground", "grass")
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line naming the field, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line (no usage dump) and lets the caller exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message.replace("argument ", "", 1))
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="chouette",
+        description="Train, store and evaluate vineyard image classifiers (vine, ground, grass).",
+        epilog="Exit codes: 0 success, 1 failure, 2 bad input (nothing is published).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = sub.add_parser(
+        "train",
+        help="request a new model: fetch a date range, train a ResNet, evaluate it",
+        description="Validate, record and publish a TrainingRequested; print the request id.",
+    )
+    _dataset_flags(train, required=True)
+    net = train.add_argument_group("network and hyper-parameters (defaults: shared/messages.py)")
+    net.add_argument("--arch", required=True, metavar="NAME", help=", ".join(ARCHITECTURES))
+    net.add_argument("--epochs", type=int, metavar="N")
+    net.add_argument("--batch-size", type=int, metavar="N")
+    net.add_argument("--image-size", type=int, metavar="PX", help="square input size, >= 32")
+    net.add_argument("--learning-rate", type=float, metavar="X")
+    net.add_argument("--optimizer", metavar="NAME", help="|".join(OPTIMIZERS))
+    net.add_argument("--weights", metavar="none|imagenet|PATH")
+    net.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    net.add_argument("--dropout", type=float, metavar="X")
+    net.add_argument("--seed", type=int, metavar="N")
+    net.add_argument("--test-fraction", type=float, metavar="X", help="in (0, 1)")
+    net.add_argument("--val-fraction", type=float, metavar="X", help="in (0, 1)")
+    net.add_argument("--freeze-epochs", type=int, metavar="N")
+    net.add_argument("--early-stopping-patience", type=int, metavar="N")
+    _follow_flags(train)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="evaluate a stored model on its test split or on another date range",
+        description="Without dates: the model's held-out test split. With dates: all the "
+        "images of that range (the leak-free check on later photos).",
+    )
+    evaluate.add_argument("--model", required=True, metavar="ID", help="model id (chouette models)")
+    _dataset_flags(evaluate, required=False)
+    _follow_flags(evaluate)
+
+    status = sub.add_parser("status", help="requests with stage, progress and error")
+    status.add_argument("request_id", nargs="?", metavar="REQUEST_ID", help="id or unique prefix")
+    status.add_argument("--limit", type=int, default=20, help="requests listed (default 20)")
+    status.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    sub.add_parser("watch", help="live view of requests, epochs and evaluations (Ctrl-C stops)")
+
+    models = sub.add_parser("models", help="the model registry, best first")
+    models.add_argument("--limit", type=int, default=50)
+    models.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    predict = sub.add_parser("predict", help="class probabilities for local images")
+    predict.add_argument("--model", required=True, metavar="ID")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    report = sub.add_parser(
+        "report", help="training curves and confusion matrix (PNG) with a Markdown summary"
+    )
+    report.add_argument("model", metavar="MODEL", help="model id")
+    report.add_argument("--out", metavar="DIR", help="default: reports/model-<ID>")
+
+    services = sub.add_parser("services", help="local RabbitMQ + PostgreSQL for development")
+    services.add_argument("action", choices=("up", "down", "status"))
+
+    worker = sub.add_parser(
+        "worker", help="run one service (same as python -m services.NAME)", add_help=False
+    )
+    worker.add_argument("name", choices=WORKERS)
+    worker.add_argument("args", nargs=argparse.REMAINDER)
+
+    demo = sub.add_parser(
+        "demo", help="start everything, train, evaluate on a later range, print the results"
+    )
+    demo.add_argument("--keep-services", action="store_true", help="leave RabbitMQ/PG running")
+    return parser
+
+
+def _dataset_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    group = parser.add_argument_group("dataset (dates inclusive, YYYY-MM-DD)")
+    group.add_argument("--start-date", required=required, metavar="D")
+    group.add_argument("--end-date", required=required, metavar="D")
+    group.add_argument(
+        "--tags",
+        metavar="T,T",
+        help=f"subset of {','.join(TAGS)}" + ("" if required else " (default: model's classes)"),
+    )
+
+
+def _follow_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait", action="store_true", help="follow progress until done; exit 0 only on success"
+    )
+    parser.add_argument("--timeout", type=float, metavar="S", help="give up waiting after S s")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")

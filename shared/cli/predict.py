@@ -1,0 +1,85 @@
+"""``chouette predict --model ID IMAGE...``: class probabilities for local images.
+
+Every file is read and checked before TensorFlow is even imported, so a typo in a path
+answers at once (exit 2, naming the file). The weights come from Postgres through
+``shared.weight_store`` (checksum verified) and the images go through the same
+decode + resize as in training (``shared.images``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+from shared.cli import render
+from shared.cli.app import OK
+from shared.cli.parser import UsageError
+from shared.cli.submit import parse_model_id
+from shared.settings import Settings
+
+
+def read_images(paths: list[str]) -> list[tuple[str, bytes]]:
+    """The bytes of each file; ``UsageError`` naming the first one that is not a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for name in paths:
+        try:
+            data = Path(name).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"IMAGE {name}: cannot read: {exc.strerror or exc}") from None
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise UsageError(f"IMAGE {name}: not a readable image ({exc})") from None
+        images.append((name, data))
+    return images
+
+
+async def run_predict(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.cli.commands import open_pool
+
+    model_id = parse_model_id(args.model)
+    images = read_images(args.images)
+    async with open_pool(settings) as pool:
+        from shared.cli import queries
+
+        row = await queries.model(pool, model_id)
+        if row is None:
+            raise UsageError(f"--model (model_id): no model {model_id} (see `chouette models`)")
+        if row["status"] != "trained":
+            raise UsageError(f"--model (model_id): model {model_id} is {row['status']}")
+        from shared.weight_store import load_model
+
+        model, spec, _meta = await load_model(pool, model_id)
+    probabilities = predict_probabilities(model, spec, [data for _, data in images])
+    names = list(spec.class_names)
+    results = [
+        {
+            "image": name,
+            "predicted": names[max(range(len(names)), key=lambda i: probs[i])],
+            "probabilities": {n: round(float(p), 4) for n, p in zip(names, probs, strict=True)},
+        }
+        for (name, _), probs in zip(images, probabilities, strict=True)
+    ]
+    if args.json:
+        print(render.dumps({"model_id": model_id, "predictions": results}))
+    else:
+        rows = [
+            (r["image"], r["predicted"], *(r["probabilities"][n] for n in names)) for r in results
+        ]
+        print(render.table(rows, ("image", "predicted", *names)))
+    return OK
+
+
+def predict_probabilities(model: object, spec: object, blobs: list[bytes]) -> list[list[float]]:
+    import numpy as np
+
+    from shared.images import decode_and_resize
+
+    size = spec.image_size  # type: ignore[attr-defined]
+    batch = np.stack([decode_and_resize(blob, size) for blob in blobs]).astype("float32")
+    out = model.predict(batch, verbose=0)  # type: ignore[attr-defined]
+    return [list(map(float, row)) for row in np.asarray(out)]

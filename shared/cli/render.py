@@ -1,0 +1,301 @@
+"""Text and JSON output: tables, the ``--json`` result object, progress bars."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import re
+import sys
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
+
+Row = dict[str, Any]
+FINAL = ("succeeded", "failed")
+_FRACTION = re.compile(r"(\d+)\s*/\s*(\d+)")
+
+
+def plain(value: Any) -> Any:
+    """JSON-ready copy of a value from asyncpg (UUID, Decimal, dates, nested containers)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return value
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(plain(obj), sort_keys=False)
+
+
+def evaluation_json(ev: Row | None) -> Row | None:
+    if ev is None:
+        return None
+    return plain(
+        {
+            "evaluation_id": ev["evaluation_id"],
+            "model_id": ev["model_id"],
+            "dataset_id": ev["dataset_id"],
+            "split": ev["split"],
+            "accuracy": ev["accuracy"],
+            "macro_f1": ev["macro_f1"],
+            "balanced_accuracy": ev.get("balanced_accuracy"),
+            "n_images": ev["n_images"],
+            "class_names": ev["class_names"],
+            "per_class": ev["per_class"],
+            "confusion_matrix": ev["confusion_matrix"],
+        }
+    )
+
+
+def result_json(req: Row, ev: Row | None) -> Row:
+    """The ``--json`` object of DESIGN §3 for one request."""
+    return plain(
+        {
+            "request_id": req["request_id"],
+            "kind": req["kind"],
+            "status": req["status"],
+            "stage": req["stage"],
+            "progress": req["progress"],
+            "model_id": req["model_id"],
+            "dataset_id": req["dataset_id"],
+            "evaluation_id": req["evaluation_id"] or (ev or {}).get("evaluation_id"),
+            "error": req["error"],
+            "evaluation": evaluation_json(ev),
+            "created_at": req.get("created_at"),
+            "finished_at": req.get("finished_at"),
+        }
+    )
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float | decimal.Decimal):
+        return f"{float(value):.{digits}f}"
+    if isinstance(value, dt.datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[fmt(c) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def short_id(value: Any) -> str:
+    return str(value)[:8]
+
+
+def requests_table(rows: Iterable[Row]) -> str:
+    return table(
+        [
+            (
+                short_id(r["request_id"]),
+                r["kind"],
+                r["status"],
+                r["stage"],
+                r["progress"],
+                r.get("architecture"),
+                r["model_id"],
+                r.get("seconds"),
+                _one_line(r["error"], 60),
+            )
+            for r in rows
+        ],
+        ("request", "kind", "status", "stage", "progress", "network", "model", "s", "error"),
+    )
+
+
+def registry_table(rows: Iterable[Row]) -> str:
+    return table(
+        [
+            (
+                r["model_id"],
+                r["architecture"],
+                f"{r['start_date']}..{r['end_date']}",
+                r["n_images"],
+                r["image_size"],
+                r["epochs"],
+                r["status"],
+                r["macro_f1"],
+                r["accuracy"],
+                f"{r['eval_split'] or '-'}@{r['eval_dataset_id'] or '-'}",
+                r["n_evaluations"],
+                "*" if r["champion"] else "",
+            )
+            for r in rows
+        ],
+        (
+            "model",
+            "network",
+            "dataset",
+            "images",
+            "px",
+            "epochs",
+            "status",
+            "macro_f1",
+            "accuracy",
+            "eval",
+            "evals",
+            "champion",
+        ),
+    )
+
+
+def evaluation_text(ev: Row) -> str:
+    names = list(ev["class_names"])
+    lines = [
+        f"evaluation {ev['evaluation_id']}: model {ev['model_id']} on dataset {ev['dataset_id']}"
+        f" ({ev['split']} split, {ev['n_images']} images)",
+        f"accuracy {fmt(ev['accuracy'])}   macro F1 {fmt(ev['macro_f1'])}"
+        f"   balanced accuracy {fmt(ev.get('balanced_accuracy'))}",
+        "",
+    ]
+    per_class = ev["per_class"] or {}
+    lines.append(
+        table(
+            [
+                (
+                    name,
+                    per_class.get(name, {}).get("precision"),
+                    per_class.get(name, {}).get("recall"),
+                    per_class.get(name, {}).get("f1"),
+                    per_class.get(name, {}).get("support"),
+                )
+                for name in names
+            ],
+            ("class", "precision", "recall", "f1", "support"),
+        )
+    )
+    lines.append("")
+    lines.append("confusion matrix (rows = truth, columns = prediction)")
+    matrix = ev["confusion_matrix"] or []
+    rows = [[name, *row] for name, row in zip(names, matrix, strict=False)]
+    lines.append(table(rows, ["", *names]))
+    return "\n".join(lines)
+
+
+def request_text(req: Row, ev: Row | None) -> str:
+    params = req["params"] or {}
+    dataset = params.get("dataset") or {}
+    training = params.get("training") or {}
+    what = (
+        f"{training.get('architecture')} {training.get('image_size')} px,"
+        f" {training.get('epochs')} epochs"
+        if training
+        else f"model {params.get('model_id')}"
+    )
+    if dataset:
+        what += f", images {dataset.get('start_date')}..{dataset.get('end_date')}"
+        what += f" ({','.join(dataset.get('tags') or [])})"
+    elif req["kind"] == "evaluation":
+        what += ", held-out test split"
+    lines = [
+        f"request   {req['request_id']} ({req['kind']}: {what})",
+        f"status    {req['status']}   stage {req['stage']}   progress {fmt(req['progress'])}",
+        f"ids       dataset {fmt(req['dataset_id'])}   model {fmt(req['model_id'])}"
+        f"   evaluation {fmt(req['evaluation_id'] or (ev or {}).get('evaluation_id'))}",
+        f"created   {fmt(req['created_at'])}   finished {fmt(req['finished_at'])}",
+    ]
+    if req["error"]:
+        lines.append(f"error     {req['error']}")
+    if ev is not None:
+        lines += ["", evaluation_text(ev)]
+    return "\n".join(lines)
+
+
+def _one_line(text: str | None, width: int) -> str | None:
+    if not text:
+        return None
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def fraction(progress: str | None) -> tuple[int, int] | None:
+    """``'fetching 12/50'`` → ``(12, 50)``."""
+    match = _FRACTION.search(progress or "")
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def bar(done: int, total: int, width: int = 24) -> str:
+    filled = 0 if total <= 0 else min(width, round(width * done / total))
+    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
+
+
+def epoch_metrics(row: Row) -> str:
+    parts = []
+    for key, label in (
+        ("loss", "loss"),
+        ("accuracy", "acc"),
+        ("val_loss", "val_loss"),
+        ("val_accuracy", "val_acc"),
+    ):
+        if row.get(key) is not None:
+            parts.append(f"{label} {float(row[key]):.3f}")
+    return " ".join(parts)
+
+
+class ProgressView:
+    """Bars on stderr, one line per stage: rewritten in place on a terminal, else appended
+    whenever the text changes (logs, CI)."""
+
+    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._stage: str | None = None
+        self._last = ""
+
+    def show(self, stage: str, text: str) -> None:
+        if not self.enabled or text == self._last:
+            return
+        if self.tty:
+            if self._stage is not None and stage != self._stage:
+                self.stream.write("\n")
+            self.stream.write("\r\x1b[2K" + text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+        self._stage, self._last = stage, text
+
+    def request(self, req: Row, epoch_total: int | None, last_epoch: Row | None) -> None:
+        stage = req["stage"]
+        progress = req["progress"]
+        if req["status"] in FINAL:
+            return
+        if stage == "training" and epoch_total:
+            done = int(last_epoch["epoch"]) if last_epoch else 0
+            text = f"training   epoch {bar(done, epoch_total)}"
+            if last_epoch:
+                text += "  " + epoch_metrics(last_epoch)
+        elif (frac := fraction(progress)) is not None:
+            text = f"{stage:<10} {bar(*frac)}"
+        else:
+            text = f"{stage:<10} {progress or ''}".rstrip()
+        self.show(stage, text)
+
+    def close(self, req: Row) -> None:
+        if not self.enabled:
+            return
+        if self.tty and self._stage is not None:
+            self.stream.write("\n")
+        outcome = req["status"] if req["status"] != "failed" else f"failed at {req['stage']}"
+        self.stream.write(f"{outcome}\n")
+        self.stream.flush()

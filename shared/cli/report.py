@@ -1,0 +1,175 @@
+"""``chouette report MODEL``: training curves and confusion matrices as PNG, plus a summary.
+
+Everything comes from Postgres (``training_epochs``, ``evaluations``, ``models``); the
+figures are drawn with matplotlib's Agg backend (no display needed, no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from shared.cli import queries
+from shared.cli.app import OK
+from shared.cli.parser import UsageError
+from shared.cli.render import fmt
+from shared.settings import Settings
+
+Row = dict[str, Any]
+
+
+async def run_report(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.cli.commands import open_pool
+
+    try:
+        model_id = int(args.model)
+    except ValueError:
+        raise UsageError(f"MODEL: expected a model id, got {args.model!r}") from None
+    async with open_pool(settings) as pool:
+        model = await queries.model(pool, model_id)
+        if model is None:
+            raise UsageError(f"MODEL: no model {model_id} (see `chouette models`)")
+        epochs = await queries.epochs(pool, model_id)
+        evaluations = await queries.evaluations_of_model(pool, model_id)
+    out = Path(args.out or f"reports/model-{model_id}")
+    paths = write_report(model, epochs, evaluations, out)
+    for path in paths:
+        print(path)
+    return OK
+
+
+def write_report(model: Row, epochs: list[Row], evaluations: list[Row], out: Path) -> list[Path]:
+    """Write the PNGs and ``summary.md`` under ``out``; return the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    curves = None
+    if epochs:
+        curves = out / "training_curves.png"
+        plot_curves(epochs, curves, title=f"model {model['model_id']} ({model['architecture']})")
+        written.append(curves)
+    matrices: dict[int, Path] = {}
+    for ev in evaluations:
+        path = out / f"confusion_matrix_eval{ev['evaluation_id']}.png"
+        plot_confusion(
+            ev["confusion_matrix"],
+            list(ev["class_names"]),
+            path,
+            title=f"model {model['model_id']} on dataset {ev['dataset_id']} ({ev['split']})",
+        )
+        matrices[ev["evaluation_id"]] = path
+        written.append(path)
+    summary = out / "summary.md"
+    summary.write_text(summary_markdown(model, epochs, evaluations, curves, matrices))
+    written.append(summary)
+    return written
+
+
+def plot_curves(epochs: list[Row], path: Path, *, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    x = [e["epoch"] for e in epochs]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for key, style in ((metric, "o-"), (f"val_{metric}", "s--")):
+            ys = [e.get(key) for e in epochs]
+            if any(y is not None for y in ys):
+                ax.plot(x, [float("nan") if y is None else y for y in ys], style, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_xticks(x)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: list[list[int]], names: list[str], path: Path, *, title: str) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=float).reshape(len(names), len(names))
+    fig, ax = plt.subplots(figsize=(4.5, 4), constrained_layout=True)
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = counts.max() if counts.size else 0
+    for i in range(len(names)):
+        for j in range(len(names)):
+            color = "white" if peak and counts[i, j] > peak / 2 else "black"
+            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", color=color)
+    ax.set_title(title, fontsize=9)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summary_markdown(
+    model: Row,
+    epochs: list[Row],
+    evaluations: list[Row],
+    curves: Path | None,
+    matrices: dict[int, Path],
+) -> str:
+    hp = model["hyperparams"] or {}
+    lines = [
+        f"# Model {model['model_id']}: {model['architecture']}",
+        "",
+        f"- status: {model['status']}; trained {fmt(model['trained_at'])}"
+        f" in {fmt(model['train_seconds'], 1)} s",
+        f"- dataset {model['dataset_id']}: images {model['start_date']}..{model['end_date']},"
+        f" tags {fmt(model['tags'])}, {model['n_images']} images, counts {model['counts']},"
+        f" splits {model['split_counts']}",
+        f"- input {fmt(model['input_shape'])}, classes {fmt(model['class_names'])}",
+        "- hyper-parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(hp.items())),
+        f"- weights sha256 {model['weights_sha256']} ({fmt(model['weights_bytes'])} bytes)",
+        "",
+        "## Training",
+        "",
+    ]
+    if epochs:
+        lines += [
+            "| epoch | loss | accuracy | val_loss | val_accuracy | seconds |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for e in epochs:
+            lines.append(
+                f"| {e['epoch']} | {fmt(e['loss'])} | {fmt(e['accuracy'])} | {fmt(e['val_loss'])}"
+                f" | {fmt(e['val_accuracy'])} | {fmt(e['seconds'], 1)} |"
+            )
+        if curves is not None:
+            lines += ["", f"![training curves]({curves.name})"]
+    else:
+        lines.append("No epochs recorded.")
+    lines += ["", "## Evaluations", ""]
+    if not evaluations:
+        lines.append("Not evaluated yet (`chouette evaluate --model ID`).")
+    for ev in evaluations:
+        names = list(ev["class_names"])
+        per_class = ev["per_class"] or {}
+        lines += [
+            f"### Evaluation {ev['evaluation_id']}: dataset {ev['dataset_id']}"
+            f" ({ev['start_date']}..{ev['end_date']}), {ev['split']} split",
+            "",
+            f"{ev['n_images']} images: accuracy {fmt(ev['accuracy'])},"
+            f" macro F1 {fmt(ev['macro_f1'])}, balanced accuracy {fmt(ev['balanced_accuracy'])}",
+            "",
+            "| class | precision | recall | f1 | support |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name in names:
+            m = per_class.get(name, {})
+            lines.append(
+                f"| {name} | {fmt(m.get('precision'))} | {fmt(m.get('recall'))}"
+                f" | {fmt(m.get('f1'))} | {fmt(m.get('support'))} |"
+            )
+        path = matrices.get(ev["evaluation_id"])
+        if path is not None:
+            lines += ["", f"![confusion matrix]({path.name})"]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
