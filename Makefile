@@ -1,0 +1,65 @@
+# chouette-pipeline: `make demo` and `make test` bootstrap everything from a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CHOUETTE := $(VENV)/bin/chouette
+# A Docker engine, when one runs, provides RabbitMQ and PostgreSQL; otherwise system binaries.
+DOCKER := $(shell docker info >/dev/null 2>&1 && echo yes)
+
+.PHONY: help venv demo test test-fast lint bench services-up services-down compose-check clean
+
+help:
+	@echo "make demo   - set up, train and evaluate a model on the simulator, print the results"
+	@echo "make test   - set up, then run the whole test suite (unit, integration, e2e, faults)"
+	@echo "make lint   - ruff + mypy"
+	@echo "make bench  - run every benchmark in bench/"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# Debian packages for the local servers (installed only when root and missing).
+system-deps: venv
+	$(PY) -c "from shared.local_services import ensure_binaries; ensure_binaries()"
+
+services-up: venv
+ifeq ($(DOCKER),yes)
+	docker compose up -d --wait rabbitmq postgres
+else
+	$(CHOUETTE) services up
+endif
+
+services-down: venv
+ifeq ($(DOCKER),yes)
+	docker compose stop rabbitmq postgres
+else
+	$(CHOUETTE) services down
+endif
+
+demo: venv system-deps
+	$(PY) -m shared.cli.demo
+
+test: venv system-deps
+	$(PY) -m pytest
+
+test-fast: venv
+	$(PY) -m pytest -m "not slow"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: venv system-deps
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) -m bench.$$(basename $$b .py) || exit 1; done
+
+compose-check:
+	POSTGRES_PASSWORD=x RABBITMQ_PASSWORD=x docker-compose config -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
