@@ -105,9 +105,7 @@ class Broker:
         self._channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
-        self._exchange = await declare_topology(
-            self._channel, self.namespace, self.delivery_limit
-        )
+        self._exchange = await declare_topology(self._channel, self.namespace, self.delivery_limit)
         return self
 
     async def close(self) -> None:
@@ -276,9 +274,7 @@ async def declare_topology(
     channel: AbstractChannel, namespace: str, delivery_limit: int
 ) -> AbstractExchange:
     """Declare exchanges, work queues and their dead-letter queues (idempotent)."""
-    exchange = await channel.declare_exchange(
-        namespace, aio_pika.ExchangeType.TOPIC, durable=True
-    )
+    exchange = await channel.declare_exchange(namespace, aio_pika.ExchangeType.TOPIC, durable=True)
     dlx = await channel.declare_exchange(
         f"{namespace}.dlx", aio_pika.ExchangeType.DIRECT, durable=True
     )

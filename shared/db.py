@@ -128,7 +128,9 @@ async def set_stage(
     )
 
 
-async def set_progress(con: asyncpg.Connection | Pool, request_id: uuid.UUID, progress: str) -> None:
+async def set_progress(
+    con: asyncpg.Connection | Pool, request_id: uuid.UUID, progress: str
+) -> None:
     await con.execute(
         "UPDATE training_requests SET progress = $2, updated_at = now()"
         " WHERE id = $1 AND status NOT IN ('succeeded', 'failed')",

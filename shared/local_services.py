@@ -143,10 +143,14 @@ class PostgresServer:
             [*_as_user("postgres"), *cmd], check=True, capture_output=True, text=True
         )
 
-    def _psql(self, sql: str, database: str = "postgres") -> str:
-        out = self._run(
-            pg_bin("psql"), "-h", str(self._socket_dir), "-p", str(self.port), "-U", "postgres",
-            "-d", database, "-v", "ON_ERROR_STOP=1", "-tAc", sql,
+    def _psql(self, sql: str, *, dbname: str = "postgres", **variables: str) -> str:
+        """Run SQL as the superuser; values go in as psql variables (:'v' literal, :"v" name)."""
+        args = [f"--set={name}={value}" for name, value in variables.items()]
+        out = subprocess.run(
+            [*_as_user("postgres"), pg_bin("psql"), "-h", str(self._socket_dir),
+             "-p", str(self.port), "-U", "postgres", "-d", dbname, "-v", "ON_ERROR_STOP=1",
+             "-tA", *args],
+            input=sql, check=True, capture_output=True, text=True,
         )  # fmt: skip
         return out.stdout.strip()
 
@@ -185,13 +189,13 @@ class PostgresServer:
         self._ensure_role_and_database()
 
     def _ensure_role_and_database(self) -> None:
-        password = self.password.replace("'", "''")
-        exists = self._psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{self.user}'")
+        names = {"user": self.user, "password": self.password, "database": self.database}
+        exists = self._psql("SELECT 1 FROM pg_roles WHERE rolname = :'user';", **names)
         verb = "ALTER" if exists else "CREATE"
-        extra = " SUPERUSER" if self.superuser else " CREATEDB"
-        self._psql(f"{verb} ROLE \"{self.user}\" LOGIN PASSWORD '{password}'{extra}")
-        if not self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"):
-            self._psql(f'CREATE DATABASE "{self.database}" OWNER "{self.user}"')
+        power = "SUPERUSER" if self.superuser else "CREATEDB"
+        self._psql(f"{verb} ROLE :\"user\" LOGIN PASSWORD :'password' {power};", **names)
+        if not self._psql("SELECT 1 FROM pg_database WHERE datname = :'database';", **names):
+            self._psql('CREATE DATABASE :"database" OWNER :"user";', **names)
 
     def stop(self) -> None:
         if not (self.data_dir / "postmaster.pid").exists():
@@ -334,7 +338,9 @@ class RabbitServer:
                 return
             time.sleep(0.5)
         self.stop()
-        raise ServiceError(f"RabbitMQ did not become healthy in {timeout:.0f}s:\n{self._log_tail()}")
+        raise ServiceError(
+            f"RabbitMQ did not become healthy in {timeout:.0f}s:\n{self._log_tail()}"
+        )
 
     def _log_tail(self) -> str:
         texts = []

@@ -1,7 +1,7 @@
 """Every message the services exchange, on one screen.
 
-    chouette train    ─TrainingRequested──▶ fetcher ─DatasetReady(training)──▶ trainer ─ModelReady─▶ evaluator
-    chouette evaluate ─EvaluationRequested▶ fetcher ─DatasetReady(evaluation)────────────────────▶ evaluator
+    chouette train    ─TrainingRequested─▶ fetcher ─DatasetReady(training)─▶ trainer ─ModelReady─┐
+    chouette evaluate ─EvaluationRequested─▶ fetcher ─DatasetReady(evaluation)─▶ evaluator ◀──────┘
     evaluator ─ModelEvaluated─▶ watchers          any service ─RequestFailed─▶ watchers
 
 Messages are frozen, versioned pydantic models with JSON bodies. They carry ids and
@@ -77,9 +77,7 @@ class DatasetSpec(_Frozen):
     @model_validator(mode="after")
     def _ordered(self) -> DatasetSpec:
         if self.start_date > self.end_date:
-            raise ValueError(
-                f"start_date {self.start_date} is after end_date {self.end_date}"
-            )
+            raise ValueError(f"start_date {self.start_date} is after end_date {self.end_date}")
         return self
 
 

@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 # (pool, model_id) → (keras model, its ModelSpec, info); raises CorruptWeights on a bad checksum
 LoadModel = Callable[[db.Pool, int], Awaitable[tuple[Any, Any, dict[str, Any]]]]
-MakePredictor = Callable[[Any, int], Callable[[Any], Any]]
+# (model, image size) → (predict batch, decode batch), warmed up: called in a worker thread
+MakeScorer = Callable[[Any, int], tuple[Callable[[Any], Any], scoring.DecodeBatch]]
 
 
 class NoImagesToEvaluate(PermanentError):
@@ -52,10 +53,11 @@ def target_of(message: ModelReady | DatasetReady) -> Target:
     return Target(message.model_id, message.dataset_id, message.split)
 
 
-def _default_predictor(model: Any, image_size: int) -> scoring.Predictor:
-    predictor = scoring.Predictor(model, image_size)
+def graph_scorer(model: Any, image_size: int) -> tuple[scoring.Predictor, scoring.BatchDecoder]:
+    predictor, decoder = scoring.Predictor(model, image_size), scoring.BatchDecoder(image_size)
     predictor.warm_up()
-    return predictor
+    decoder.warm_up()
+    return predictor, decoder
 
 
 @dataclass
@@ -65,8 +67,7 @@ class Evaluator:
     pool: db.Pool
     settings: EvaluatorSettings
     load_model: LoadModel
-    decode: scoring.Decode
-    make_predictor: MakePredictor = _default_predictor
+    make_scorer: MakeScorer = graph_scorer
 
     async def __call__(self, message: ModelReady | DatasetReady) -> ModelEvaluated:
         target = target_of(message)
@@ -108,7 +109,7 @@ class Evaluator:
                 f"{', '.join(class_names)} of model {target.model_id}"
             )
 
-        predictor = await asyncio.to_thread(self.make_predictor, model, image_size)
+        predict, decode = await asyncio.to_thread(self.make_scorer, model, image_size)
 
         async def fetch(shas: Sequence[str]) -> Sequence[bytes]:
             return await store.image_bytes(self.pool, shas)
@@ -117,11 +118,10 @@ class Evaluator:
             await store.mark_progress(self.pool, request_id, f"scoring {done}/{total}")
 
         scores = await scoring.score(
-            predictor,
-            self.decode,
+            predict,
+            decode,
             fetch,
             [ref.sha256 for ref in images],
-            image_size=image_size,
             batch_size=self.settings.batch_size,
             on_progress=progress,
         )

@@ -26,19 +26,19 @@ def training_request() -> TrainingRequested:
     )
 
 
-async def get_dead(broker: Broker, queue: str, timeout: float = 10.0) -> aio_pika.IncomingMessage:
+async def get_dead(broker: Broker, queue: str, wait: float = 10.0) -> aio_pika.IncomingMessage:
     """Wait for a message on ``<queue>.dead``."""
     assert broker.connection is not None
     channel = await broker.connection.channel()
     dead = await channel.get_queue(f"{broker.queue_name(queue)}.dead")
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + wait
     while True:
         message = await dead.get(fail=False)
         if message is not None:
             await message.ack()
             return message  # type: ignore[return-value]
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"nothing dead-lettered on {queue} in {timeout}s")
+            raise AssertionError(f"nothing dead-lettered on {queue} in {wait}s")
         await asyncio.sleep(0.1)
 
 
@@ -67,7 +67,9 @@ async def test_publish_then_consume_with_confirms(broker: Broker, pool: db.Pool)
 async def test_unroutable_publish_is_an_error(broker: Broker) -> None:
     assert broker._exchange is not None
     with pytest.raises(aio_pika.exceptions.DeliveryError):
-        await broker._exchange.publish(aio_pika.Message(b"{}"), routing_key="nobody.listens", mandatory=True)
+        await broker._exchange.publish(
+            aio_pika.Message(b"{}"), routing_key="nobody.listens", mandatory=True
+        )
 
 
 async def test_permanent_error_dead_letters_and_records_failure(
@@ -110,7 +112,7 @@ async def test_retryable_error_is_redelivered_then_dead_lettered(
     await db.ensure_request(pool, sent.request_id, "training", {})
     await consume_into(broker, pool, handler)
     await broker.publish(sent)
-    await get_dead(broker, FETCHER, timeout=20)
+    await get_dead(broker, FETCHER, wait=20)
     assert len(attempts) == broker.delivery_limit == 3
     row = await pool.fetchrow("SELECT * FROM training_requests WHERE id = $1", sent.request_id)
     assert row["status"] == "failed"
@@ -204,9 +206,7 @@ async def test_results_are_published_before_ack(broker: Broker, pool: db.Pool) -
         await got.put(message)
 
     await consume_into(broker, pool, handler)
-    await broker.consume(
-        TRAINER, (DatasetReady,), trainer, on_failure=make_failure_sink(pool)
-    )
+    await broker.consume(TRAINER, (DatasetReady,), trainer, on_failure=make_failure_sink(pool))
     sent = training_request()
     await broker.publish(sent)
     out = await asyncio.wait_for(got.get(), 10)

@@ -10,9 +10,9 @@ from services.evaluator import scoring
 SIZE = 4
 
 
-def decode(blob: bytes, size: int) -> np.ndarray:
-    # The "image" is its first byte, painted over the whole array.
-    return np.full((size, size, 3), blob[0], np.float32)
+def decode(blobs: list[bytes]) -> np.ndarray:
+    # Each "image" is its first byte, painted over the whole array.
+    return np.stack([np.full((SIZE, SIZE, 3), blob[0], np.float32) for blob in blobs])
 
 
 def predict(batch: np.ndarray) -> np.ndarray:
@@ -36,7 +36,7 @@ async def test_scores_every_image_in_order_across_batches() -> None:
         progress.append((done, total))
 
     scores = await scoring.score(
-        predict, decode, fetch, shas, image_size=SIZE, batch_size=4, on_progress=on_progress
+        predict, decode, fetch, shas, batch_size=4, on_progress=on_progress
     )
 
     assert fetched == [4, 4, 2]
@@ -54,7 +54,7 @@ async def test_a_failing_fetch_surfaces_as_itself() -> None:
         raise Boom("database went away")
 
     with pytest.raises(Boom, match="went away"):
-        await scoring.score(predict, decode, fetch, ["a" * 64], image_size=SIZE, batch_size=2)
+        await scoring.score(predict, decode, fetch, ["a" * 64], batch_size=2)
 
 
 async def test_no_images_is_an_error() -> None:
@@ -62,11 +62,4 @@ async def test_no_images_is_an_error() -> None:
         return []
 
     with pytest.raises(ValueError, match="no images"):
-        await scoring.score(predict, decode, fetch, [], image_size=SIZE, batch_size=2)
-
-
-def test_decode_batch_stacks_float32() -> None:
-    batch = scoring.decode_batch(decode, [b"\x01", b"\x02"], SIZE)
-    assert batch.shape == (2, SIZE, SIZE, 3)
-    assert batch.dtype == np.float32
-    assert batch[1, 0, 0, 0] == 2
+        await scoring.score(predict, decode, fetch, [], batch_size=2)

@@ -124,10 +124,17 @@ def test_dataset_ready_routing_key_follows_purpose() -> None:
         (b'{"type": "ModelReady"}', "unsupported schema_version None"),
         (b'{"schema_version": 1, "type": "Nope", "request_id": "x"}', "invalid Nope"),
         (
-            json.dumps({"schema_version": 1, "type": "ModelReady", "request_id": str(RID),
-                        "model_id": -1, "dataset_id": 1}).encode(),
+            json.dumps(
+                {
+                    "schema_version": 1,
+                    "type": "ModelReady",
+                    "request_id": str(RID),
+                    "model_id": -1,
+                    "dataset_id": 1,
+                }
+            ).encode(),
             "model_id",
-        ),  # fmt: skip
+        ),
         (b"\xff\xfe", "not JSON"),
     ],
 )
