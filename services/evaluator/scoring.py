@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from shared.errors import PermanentError
+
 logger = logging.getLogger(__name__)
 
 # stored bytes of a batch of images → float32 (n, size, size, 3) RGB in 0..255
@@ -31,6 +33,10 @@ Progress = Callable[[int, int], Awaitable[None]]
 
 # Batches decoded ahead of the model: enough to hide fetch + decode, little memory.
 PREFETCH_BATCHES = 2
+
+
+class UndecodableImage(PermanentError):
+    """A stored image that neither TensorFlow nor Pillow can decode."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +104,12 @@ class BatchDecoder:
 
         from shared.images import tf_decodable
 
-        # TIFF and other formats TensorFlow cannot read are re-encoded first (rare).
-        encoded = tf.constant([tf_decodable(blob) for blob in blobs], dtype=tf.string)
-        return np.asarray(self._call(encoded), dtype=np.float32)
+        try:
+            # TIFF and other formats TensorFlow cannot read are re-encoded first (rare).
+            encoded = tf.constant([tf_decodable(blob) for blob in blobs], dtype=tf.string)
+            return np.asarray(self._call(encoded), dtype=np.float32)
+        except (OSError, tf.errors.InvalidArgumentError) as exc:
+            raise UndecodableImage(f"a stored image cannot be decoded: {exc}") from exc
 
 
 async def score(
