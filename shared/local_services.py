@@ -118,6 +118,10 @@ class PostgresServer:
     password: str = "chouette"
     database: str = "chouette"
     superuser: bool = False  # the test suite's role creates databases and extensions
+    durable: bool = True  # tests turn fsync off: faster, and their data is thrown away
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
 
     @classmethod
     def from_url(cls, url: str, home: Path) -> PostgresServer:
@@ -176,8 +180,10 @@ class PostgresServer:
         _chown(self._socket_dir, "postgres")
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self._socket_dir}"
-            " -c fsync=off -c max_connections=200 -c shared_buffers=128MB"
+            " -c max_connections=200 -c shared_buffers=128MB"
         )
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         try:
             self._run(
                 pg_bin("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.data_dir / "server.log"),
@@ -232,6 +238,9 @@ class RabbitServer:
     password: str = "chouette"
     vhost: str = "/"
     consumer_timeout_ms: int = 7 * 3600 * 1000
+
+    def __post_init__(self) -> None:
+        self.base_dir = self.base_dir.resolve()
 
     @classmethod
     def from_url(cls, url: str, home: Path, consumer_timeout: int) -> RabbitServer:

@@ -46,7 +46,11 @@ def _start_servers(tmp: Path) -> tuple[Servers, list[object]]:
     started: list[object] = []
     if not database:
         postgres = PostgresServer(
-            tmp / "postgres", port=free_port(), database="chouette_admin", superuser=True
+            tmp / "postgres",
+            port=free_port(),
+            database="chouette_admin",
+            superuser=True,
+            durable=False,
         )
         postgres.start()
         started.append(postgres)
