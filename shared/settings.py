@@ -76,6 +76,8 @@ class FetcherSettings(BaseSettings):
     max_image_pixels: int = 50_000_000
     allow_private_hosts: bool = False
     prefetch: int = 4
+    # Seconds between two `fetching n/N` progress writes of one request.
+    progress_interval: float = 0.5
 
 
 class TrainerSettings(BaseSettings):

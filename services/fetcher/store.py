@@ -1,0 +1,150 @@
+"""All SQL of the fetcher: content-addressed images, their sources, datasets, models.
+
+Images are committed one by one as they arrive (a redelivered request resumes where it
+stopped); a dataset and its manifest are committed together in one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from services.fetcher.validation import ImageInfo
+from shared.db import Pool
+
+Executor = Pool | asyncpg.Connection
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    sha256: str
+    tag: str
+    source_url: str  # without its query string
+    taken_at: dt.datetime | None
+    split: str
+
+
+@dataclass(frozen=True)
+class DatasetRow:
+    start_date: dt.date
+    end_date: dt.date
+    tags: Sequence[str]
+    digest: str
+    test_fraction: float
+    val_fraction: float
+    seed: int
+    counts: Mapping[str, int]
+    split_counts: Mapping[str, Mapping[str, int]]
+    skipped: int
+    rejected: Mapping[str, int]
+
+
+async def known_sources(con: Executor, source_keys: Iterable[str]) -> dict[str, str]:
+    """``{source_key: sha256}`` for the links whose image is already stored."""
+    rows = await con.fetch(
+        "SELECT source_key, sha256 FROM image_sources WHERE source_key = ANY($1::text[])",
+        list(source_keys),
+    )
+    return {r["source_key"]: r["sha256"] for r in rows}
+
+
+async def save_image(
+    pool: Pool, *, sha256: str, data: bytes, info: ImageInfo, source_key: str
+) -> None:
+    """Store the image (once per content) and remember where it came from."""
+    async with pool.acquire() as con, con.transaction():
+        await con.execute(
+            "INSERT INTO images (sha256, bytes, byte_size, width, height, format)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING",
+            sha256,
+            data,
+            len(data),
+            info.width,
+            info.height,
+            info.format,
+        )
+        await con.execute(
+            "INSERT INTO image_sources (source_key, sha256) VALUES ($1, $2)"
+            " ON CONFLICT (source_key) DO UPDATE"
+            " SET sha256 = EXCLUDED.sha256, seen_at = now()",
+            source_key,
+            sha256,
+        )
+
+
+async def find_dataset(
+    con: Executor, *, digest: str, test_fraction: float, val_fraction: float, seed: int
+) -> int | None:
+    value = await con.fetchval(
+        "SELECT id FROM datasets"
+        " WHERE digest = $1 AND test_fraction = $2 AND val_fraction = $3 AND seed = $4",
+        digest,
+        test_fraction,
+        val_fraction,
+        seed,
+    )
+    return None if value is None else int(value)
+
+
+async def create_dataset(pool: Pool, row: DatasetRow, manifest: Sequence[ManifestRow]) -> int:
+    """Insert the dataset and its manifest; the same content returns the existing row's id."""
+    async with pool.acquire() as con, con.transaction():
+        dataset_id = await con.fetchval(
+            "INSERT INTO datasets (start_date, end_date, tags, digest, test_fraction,"
+            " val_fraction, seed, n_images, counts, split_counts, skipped, rejected)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            " ON CONFLICT (digest, test_fraction, val_fraction, seed) DO NOTHING"
+            " RETURNING id",
+            row.start_date,
+            row.end_date,
+            list(row.tags),
+            row.digest,
+            row.test_fraction,
+            row.val_fraction,
+            row.seed,
+            len(manifest),
+            dict(row.counts),
+            {k: dict(v) for k, v in row.split_counts.items()},
+            row.skipped,
+            dict(row.rejected),
+        )
+        if dataset_id is None:  # the same content is already a dataset (a concurrent twin)
+            existing = await find_dataset(
+                con,
+                digest=row.digest,
+                test_fraction=row.test_fraction,
+                val_fraction=row.val_fraction,
+                seed=row.seed,
+            )
+            assert existing is not None
+            return existing
+        await con.copy_records_to_table(
+            "dataset_images",
+            records=[
+                (dataset_id, m.sha256, m.tag, m.source_url, m.taken_at, m.split) for m in manifest
+            ],
+            columns=["dataset_id", "sha256", "tag", "source_url", "taken_at", "split"],
+        )
+        return int(dataset_id)
+
+
+async def dataset_summary(con: Executor, dataset_id: int) -> dict[str, Any] | None:
+    row = await con.fetchrow(
+        "SELECT id, n_images, counts, split_counts, skipped, rejected FROM datasets WHERE id = $1",
+        dataset_id,
+    )
+    return None if row is None else dict(row)
+
+
+async def model_dataset(con: Executor, model_id: int) -> int | None:
+    """The dataset a model was trained on, or None when there is no such model."""
+    value = await con.fetchval("SELECT dataset_id FROM models WHERE id = $1", model_id)
+    return None if value is None else int(value)
+
+
+async def model_exists(con: Executor, model_id: int) -> bool:
+    return bool(await con.fetchval("SELECT EXISTS (SELECT 1 FROM models WHERE id = $1)", model_id))
