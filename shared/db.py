@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -26,7 +26,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any constant shared by all services; two processes migrating at once serialize on it.
 _MIGRATION_LOCK_KEY = 0x43484F55  # "CHOU"
 
-Pool = asyncpg.Pool
+Pool: TypeAlias = asyncpg.Pool
+Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 
 async def _init_connection(con: asyncpg.Connection) -> None:
@@ -81,7 +82,7 @@ async def _migrate(con: asyncpg.Connection) -> list[str]:
 
 
 async def ensure_request(
-    con: asyncpg.Connection | Pool,
+    con: Executor,
     request_id: uuid.UUID,
     kind: str,
     params: Mapping[str, Any],
@@ -97,7 +98,7 @@ async def ensure_request(
 
 
 async def set_stage(
-    con: asyncpg.Connection | Pool,
+    con: Executor,
     request_id: uuid.UUID,
     stage: str,
     progress: str | None = None,
@@ -128,9 +129,7 @@ async def set_stage(
     )
 
 
-async def set_progress(
-    con: asyncpg.Connection | Pool, request_id: uuid.UUID, progress: str
-) -> None:
+async def set_progress(con: Executor, request_id: uuid.UUID, progress: str) -> None:
     await con.execute(
         "UPDATE training_requests SET progress = $2, updated_at = now()"
         " WHERE id = $1 AND status NOT IN ('succeeded', 'failed')",
@@ -171,6 +170,6 @@ async def record_failure(
             )
 
 
-async def request_status(con: asyncpg.Connection | Pool, request_id: uuid.UUID) -> str | None:
+async def request_status(con: Executor, request_id: uuid.UUID) -> str | None:
     value = await con.fetchval("SELECT status FROM training_requests WHERE id = $1", request_id)
     return None if value is None else str(value)

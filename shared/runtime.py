@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from shared import db, logs
-from shared.broker import Broker, Handler
+from shared.broker import Broker, FailureSink, Handler
 from shared.messages import Message
 from shared.settings import Settings, redact_url
 
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 HandlerFactory = Callable[[db.Pool, Broker, Settings], Awaitable[Handler] | Handler]
 
 
-def make_failure_sink(pool: db.Pool) -> Callable[..., Awaitable[None]]:
+def make_failure_sink(pool: db.Pool) -> FailureSink:
     async def on_failure(
         *,
         request_id: uuid.UUID | None,
