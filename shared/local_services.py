@@ -56,6 +56,16 @@ def _chown(path: Path, user: str) -> None:
             os.chown(p, entry.pw_uid, entry.pw_gid)
 
 
+def _make_reachable(path: Path) -> None:
+    """As root, let the server's own user traverse the parents of its data directory."""
+    if not _is_root():
+        return
+    for parent in path.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(parent, mode | 0o001)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -162,12 +172,7 @@ class PostgresServer:
         if self.healthy():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if _is_root():
-            # postgres must be able to reach its data directory.
-            for parent in self.data_dir.resolve().parents:
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    os.chmod(parent, mode | 0o001)
+        _make_reachable(self.data_dir)
         fresh = not (self.data_dir / "PG_VERSION").exists()
         if fresh:
             _chown(self.data_dir, "postgres")
@@ -298,6 +303,7 @@ class RabbitServer:
         base = self.base_dir
         for sub in ("mnesia", "log"):
             (base / sub).mkdir(parents=True, exist_ok=True)
+        _make_reachable(base)
         (base / "rabbitmq.conf").write_text(
             "\n".join(
                 [
@@ -339,6 +345,7 @@ class RabbitServer:
         )
         log.close()
         (self.base_dir / "server.pgid").write_text(str(proc.pid))
+        self._proc = proc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -363,6 +370,10 @@ class RabbitServer:
             pgid = int(pgid_file.read_text())
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGTERM)
+            proc: subprocess.Popen[bytes] | None = getattr(self, "_proc", None)
+            if proc is not None:  # started by this process: reap it, or it lingers as a zombie
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and _pgid_alive(pgid):
                 time.sleep(0.2)
