@@ -48,10 +48,9 @@ class Listener:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.con.is_closed():
-            return
-        for channel in self.channels:
-            with contextlib.suppress(Exception):
+        # The connection may already be gone (cancelled at shutdown): nothing to undo then.
+        with contextlib.suppress(Exception):
+            for channel in self.channels:
                 await self.con.remove_listener(channel, self._on_notify)
 
     async def next(self, within_s: float) -> Event | None:
@@ -110,6 +109,8 @@ async def follow(
             if channel == queries.EPOCHS:
                 rows = await queries.epochs(con, req["model_id"])
                 last_epoch = rows[-1] if rows else last_epoch
+                view.epoch(last_epoch, epoch_total)
+                continue  # the request row changes come with their own notifications
         req = await queries.request(con, request_id) or req
 
 

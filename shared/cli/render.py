@@ -281,15 +281,20 @@ class ProgressView:
         if req["status"] in FINAL:
             return
         if stage == "training" and epoch_total:
-            done = int(last_epoch["epoch"]) if last_epoch else 0
-            text = f"training   epoch {bar(done, epoch_total)}"
-            if last_epoch:
-                text += "  " + epoch_metrics(last_epoch)
-        elif (frac := fraction(progress)) is not None:
+            self.epoch(last_epoch, epoch_total)
+            return
+        if (frac := fraction(progress)) is not None:
             text = f"{stage:<10} {bar(*frac)}"
         else:
             text = f"{stage:<10} {progress or ''}".rstrip()
         self.show(stage, text)
+
+    def epoch(self, last_epoch: Row | None, epoch_total: int | None) -> None:
+        done = int(last_epoch["epoch"]) if last_epoch else 0
+        text = f"training   epoch {bar(done, epoch_total or done)}"
+        if last_epoch:
+            text += "  " + epoch_metrics(last_epoch)
+        self.show("training", text)
 
     def close(self, req: Row) -> None:
         if not self.enabled:

@@ -1,0 +1,100 @@
+"""status, models and report read what the services wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared import db
+from shared.cli.parser import UsageError
+from shared.settings import Settings
+from tests.integration.cli import seed
+from tests.integration.cli.helpers import chouette
+
+pytestmark = pytest.mark.integration
+
+
+async def test_status_lists_requests_and_shows_one_with_its_error(
+    settings: Settings, pool: db.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    done_id, _, _ = await seed.finished_model(pool, 0.8)
+    failed_id = await seed.request(pool)
+    await db.record_failure(
+        pool,
+        request_id=failed_id,
+        queue="fetcher",
+        stage="fetching",
+        error="no images between 2019-01-01 and 2019-01-31 for tags vine, ground, grass",
+    )
+    assert await chouette(settings, "status") == 0
+    listing = capsys.readouterr().out
+    assert str(done_id)[:8] in listing and str(failed_id)[:8] in listing
+    assert "succeeded" in listing and "failed" in listing
+
+    assert await chouette(settings, "status", str(failed_id)[:8]) == 0
+    text = capsys.readouterr().out
+    assert "failed" in text
+    assert "no images between 2019-01-01 and 2019-01-31" in text
+
+    assert await chouette(settings, "status", str(done_id), "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "succeeded"
+    assert out["evaluation"]["macro_f1"] == pytest.approx(0.8)
+    assert out["evaluation"]["confusion_matrix"] == [[2, 0, 0], [0, 1, 1], [1, 0, 1]]
+    assert set(out["evaluation"]) >= {"accuracy", "macro_f1", "n_images", "per_class"}
+
+    assert await chouette(settings, "status", "--json") == 0
+    listed = json.loads(capsys.readouterr().out)["requests"]
+    assert {r["request_id"] for r in listed} == {str(done_id), str(failed_id)}
+
+
+async def test_status_of_an_unknown_request_is_bad_input(settings: Settings, pool: db.Pool) -> None:
+    with pytest.raises(UsageError, match="no request"):
+        await chouette(settings, "status", "00000000")
+    with pytest.raises(UsageError, match="not a request id"):
+        await chouette(settings, "status", "'; DROP TABLE x")
+
+
+async def test_models_lists_best_first(
+    settings: Settings, pool: db.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, weak, _ = await seed.finished_model(pool, 0.41, "ResNet101")
+    _, strong, _ = await seed.finished_model(pool, 0.93, "ResNet50V2")
+    _, middle, _ = await seed.finished_model(pool, 0.62, "ResNet50")
+    # Another date range does not replace the held-out metrics of the row.
+    later = await seed.dataset(pool, "2024-07-01", "2024-07-31")
+    await seed.evaluation(pool, weak, later, 0.99, split="all")
+
+    assert await chouette(settings, "models", "--json") == 0
+    rows = json.loads(capsys.readouterr().out)["models"]
+    assert [r["model_id"] for r in rows] == [strong, middle, weak]
+    assert rows[0]["architecture"] == "ResNet50V2"
+    assert rows[0]["macro_f1"] == pytest.approx(0.93)
+    assert rows[2]["n_evaluations"] == 2
+    assert rows[2]["eval_split"] == "test"
+
+    assert await chouette(settings, "models") == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[2].split()[0] == str(strong)
+    assert "ResNet50V2" in table[2]
+
+
+async def test_report_writes_curves_confusion_matrix_and_summary(
+    settings: Settings, pool: db.Pool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, model_id, evaluation_id = await seed.finished_model(pool, 0.75)
+    out = tmp_path / "report"
+    assert await chouette(settings, "report", str(model_id), "--out", str(out)) == 0
+    curves = out / "training_curves.png"
+    matrix = out / f"confusion_matrix_eval{evaluation_id}.png"
+    summary = (out / "summary.md").read_text()
+    for png in (curves, matrix):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"# Model {model_id}: ResNet50" in summary
+    assert "macro F1 0.750" in summary
+    assert "| vine |" in summary
+    assert str(curves) in capsys.readouterr().out
+    with pytest.raises(UsageError, match="no model"):
+        await chouette(settings, "report", "999")

@@ -1,0 +1,98 @@
+"""train / evaluate against a real broker and database: recorded, published, or neither."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from shared import db
+from shared.broker import Broker
+from shared.cli.parser import UsageError
+from shared.settings import Settings
+from tests.integration.cli import seed
+from tests.integration.cli.helpers import chouette, drain
+
+pytestmark = pytest.mark.integration
+
+RANGE = ["--start-date", "2024-05-01", "--end-date", "2024-05-31"]
+
+
+async def test_train_records_the_request_then_publishes_it(
+    settings: Settings, broker: Broker, pool: db.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = await chouette(settings, "train", *RANGE, "--arch", "ResNet50V2", "--epochs", "2")
+    assert code == 0
+    request_id = uuid.UUID(capsys.readouterr().out.strip())
+    row = await pool.fetchrow("SELECT * FROM training_requests WHERE id = $1", request_id)
+    assert row["kind"] == "training"
+    assert row["status"] == "queued"
+    assert row["params"]["training"]["architecture"] == "ResNet50V2"
+    assert row["params"]["training"]["epochs"] == 2
+    messages = await drain(settings, "fetcher")
+    assert len(messages) == 1
+    assert messages[0].correlation_id == str(request_id)
+    body = json.loads(messages[0].body)
+    assert body["type"] == "TrainingRequested"
+    assert body == row["params"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", *RANGE, "--arch", "ResNet34"],
+        ["train", *RANGE, "--arch", "ResNet50", "--epochs", "0"],
+        ["train", *RANGE, "--arch", "ResNet50", "--tags", "vine,moss"],
+        ["train", *RANGE, "--arch", "ResNet50", "--val-fraction", "1.2"],
+        ["train", "--start-date", "2024-05-31", "--end-date", "2024-05-01", "--arch", "ResNet50"],
+        ["train", "--start-date", "2024-04-31", "--end-date", "2024-05-01", "--arch", "ResNet50"],
+        ["evaluate", "--model", "999"],
+    ],
+)
+async def test_rejected_request_publishes_nothing_and_records_nothing(
+    argv: list[str], settings: Settings, broker: Broker, pool: db.Pool
+) -> None:
+    with pytest.raises(UsageError):
+        await chouette(settings, *argv)
+    assert await drain(settings, "fetcher") == []
+    assert await pool.fetchval("SELECT count(*) FROM training_requests") == 0
+
+
+async def test_evaluate_an_untrained_model_is_rejected(
+    settings: Settings, broker: Broker, pool: db.Pool
+) -> None:
+    request_id = await seed.request(pool)
+    model_id = await seed.model(pool, request_id, await seed.dataset(pool))
+    await pool.execute("UPDATE models SET status = 'training' WHERE id = $1", model_id)
+    with pytest.raises(UsageError, match="not trained"):
+        await chouette(settings, "evaluate", "--model", str(model_id))
+    assert await drain(settings, "fetcher") == []
+
+
+async def test_evaluate_on_another_range_uses_the_model_classes(
+    settings: Settings, broker: Broker, pool: db.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, model_id, _ = await seed.finished_model(pool, 0.7)
+    await pool.execute("UPDATE models SET class_names = '{vine,grass}' WHERE id = $1", model_id)
+    argv = ["evaluate", "--model", str(model_id), "--start-date", "2024-07-01"]
+    code = await chouette(settings, *argv, "--end-date", "2024-07-31", "--json")
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "queued"
+    assert set(out) >= {"request_id", "status", "model_id", "dataset_id", "error", "evaluation"}
+    (message,) = await drain(settings, "fetcher")
+    body = json.loads(message.body)
+    assert body["type"] == "EvaluationRequested"
+    assert body["model_id"] == model_id
+    assert body["dataset"]["tags"] == ["vine", "grass"]
+    assert body["request_id"] == out["request_id"]
+
+
+async def test_evaluate_held_out_split_sends_no_dataset(
+    settings: Settings, broker: Broker, pool: db.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, model_id, _ = await seed.finished_model(pool, 0.7)
+    assert await chouette(settings, "evaluate", "--model", str(model_id)) == 0
+    (message,) = await drain(settings, "fetcher")
+    assert json.loads(message.body)["dataset"] is None
