@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 
 from shared.cli import render
-from shared.cli.app import OK
+from shared.cli.app import OK, CommandFailed
 from shared.cli.parser import UsageError
 from shared.cli.submit import parse_model_id
 from shared.settings import Settings
@@ -51,9 +51,13 @@ async def run_predict(args: argparse.Namespace, settings: Settings) -> int:
             raise UsageError(f"--model (model_id): no model {model_id} (see `chouette models`)")
         if row["status"] != "trained":
             raise UsageError(f"--model (model_id): model {model_id} is {row['status']}")
+        from shared.errors import PermanentError
         from shared.weight_store import load_model
 
-        model, spec, _meta = await load_model(pool, model_id)
+        try:
+            model, spec, _row = await load_model(pool, model_id)
+        except PermanentError as exc:
+            raise CommandFailed(str(exc)) from None
     probabilities = predict_probabilities(model, spec, [data for _, data in images])
     names = list(spec.class_names)
     results = [
@@ -77,9 +81,8 @@ async def run_predict(args: argparse.Namespace, settings: Settings) -> int:
 def predict_probabilities(model: object, spec: object, blobs: list[bytes]) -> list[list[float]]:
     import numpy as np
 
-    from shared.images import decode_and_resize
+    from shared.images import decode_images
 
-    size = spec.image_size  # type: ignore[attr-defined]
-    batch = np.stack([decode_and_resize(blob, size) for blob in blobs]).astype("float32")
+    batch = decode_images(blobs, spec.image_size)  # type: ignore[attr-defined]
     out = model.predict(batch, verbose=0)  # type: ignore[attr-defined]
     return [list(map(float, row)) for row in np.asarray(out)]

@@ -1,0 +1,48 @@
+"""predict checks every file before loading TensorFlow: exit 2 naming the file."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from shared.cli import main
+from shared.cli.parser import UsageError
+from shared.cli.predict import read_images
+
+
+def _jpeg(path: Path) -> Path:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), (10, 120, 30)).save(buffer, format="JPEG")
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_readable_images_come_back_with_their_bytes(tmp_path: Path) -> None:
+    good = _jpeg(tmp_path / "a.jpg")
+    ((name, data),) = read_images([str(good)])
+    assert name == str(good) and data == good.read_bytes()
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    good = _jpeg(tmp_path / "a.jpg")
+    with pytest.raises(UsageError, match=r"IMAGE .*missing\.jpg: cannot read"):
+        read_images([str(good), str(tmp_path / "missing.jpg")])
+
+
+def test_not_an_image_is_named(tmp_path: Path) -> None:
+    text = tmp_path / "notes.jpg"
+    text.write_text("<Error>AccessDenied</Error>")
+    with pytest.raises(UsageError, match=r"IMAGE .*notes\.jpg: not a readable image"):
+        read_images([str(text)])
+
+
+def test_predict_with_an_unreadable_file_exits_2_before_connecting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://x:x@127.0.0.1:9/none")
+    assert main(["predict", "--model", "1", str(tmp_path / "gone.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gone.png" in err
