@@ -26,7 +26,7 @@ from shared.broker import BINDINGS, Broker
 from shared.local_services import PostgresServer, RabbitServer, free_port
 from shared.settings import Settings
 
-pytest_plugins = ["tests.plugins.simulator", "tests.plugins.datasets"]
+pytest_plugins = ["tests.plugins.simulator", "tests.plugins.datasets", "tests.plugins.pipeline"]
 
 TEMPLATE_DB = "chouette_template"
 
@@ -165,3 +165,11 @@ async def delete_namespace(amqp_url: str, namespace: str) -> None:
                 channel = await connection.channel()
     finally:
         await connection.close()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Expose each phase's report on the item (``item.rep_call``) for fixtures' teardown."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -1,0 +1,207 @@
+"""Services as real subprocesses, for end-to-end and fault tests.
+
+``pipeline`` starts ``python -m services.<name>`` processes against this test's database,
+broker namespace and the session's simulator, captures each one's log, and stops them
+all at the end. Fault tests kill, signal and restart them::
+
+    async def test_x(pipeline: Pipeline) -> None:
+        pipeline.start("fetcher"); pipeline.start("trainer"); pipeline.start("evaluator")
+        request_id = await pipeline.submit_training(...)
+        row = await pipeline.wait_for(request_id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from shared import db
+from shared.broker import Broker
+from shared.messages import (
+    DatasetSpec,
+    EvaluationRequested,
+    TrainingParams,
+    TrainingRequested,
+)
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    pool: db.Pool
+    broker: Broker
+    log_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)
+
+    def base_env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("FETCHER_", "TRAINER_"))},
+            "AMQP_URL": s.amqp_url.get_secret_value(),
+            "DATABASE_URL": s.database_url.get_secret_value(),
+            "BROKER_NAMESPACE": s.broker_namespace,
+            "BROKER_DELIVERY_LIMIT": str(s.broker_delivery_limit),
+            "AMQP_HEARTBEAT": "10",
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "TRAINER_STOP_GRACE_SECONDS": "2",
+            **self.env,
+        }
+
+    def start(self, name: str, key: str | None = None, **env: str) -> Service:
+        """Start ``services.<name>`` as ``key`` (default: the name)."""
+        key = key or name
+        log_path = self.log_dir / f"{key}.log"
+        log = open(log_path, "ab")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            cwd=ROOT,
+            env={**self.base_env(), **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        service = Service(key, process, log_path)
+        self.services[key] = service
+        return service
+
+    def start_all(self, **env: str) -> None:
+        for name in ("fetcher", "trainer", "evaluator"):
+            self.start(name, **env)
+
+    def signal(self, key: str, sig: int = signal.SIGKILL) -> None:
+        self.services[key].process.send_signal(sig)
+
+    def wait_exit(self, key: str, timeout: float) -> int:
+        return self.services[key].process.wait(timeout)
+
+    def stop_all(self, timeout: float = 15) -> None:
+        for service in self.services.values():
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for service in self.services.values():
+            try:
+                service.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {k} =====\n{s.log()[-6000:]}" for k, s in self.services.items())
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def submit_training(
+        self,
+        start: str = "2021-05-01",
+        end: str = "2021-06-30",
+        **training: Any,
+    ) -> uuid.UUID:
+        params = {"architecture": "ResNet50", "epochs": 1, "image_size": 32, "batch_size": 8}
+        params.update(training)
+        message = TrainingRequested(
+            request_id=uuid.uuid4(),
+            dataset=DatasetSpec(
+                start_date=dt.date.fromisoformat(start), end_date=dt.date.fromisoformat(end)
+            ),
+            training=TrainingParams(**params),
+        )
+        await db.ensure_request(
+            self.pool, message.request_id, "training", message.model_dump(mode="json")
+        )
+        await self.broker.publish(message)
+        return message.request_id
+
+    async def submit_evaluation(
+        self, model_id: int, start: str | None = None, end: str | None = None
+    ) -> uuid.UUID:
+        dataset = None
+        if start and end:
+            dataset = DatasetSpec(
+                start_date=dt.date.fromisoformat(start), end_date=dt.date.fromisoformat(end)
+            )
+        message = EvaluationRequested(request_id=uuid.uuid4(), model_id=model_id, dataset=dataset)
+        await db.ensure_request(
+            self.pool, message.request_id, "evaluation", message.model_dump(mode="json")
+        )
+        await self.broker.publish(message)
+        return message.request_id
+
+    async def wait_for(
+        self, request_id: uuid.UUID, timeout: float = 300, statuses: tuple[str, ...] = ()
+    ) -> asyncpg.Record:
+        """Wait until the request is final (or in one of ``statuses``); fail with the logs."""
+        final = statuses or ("succeeded", "failed")
+        deadline = time.monotonic() + timeout
+        row = None
+        while time.monotonic() < deadline:
+            row = await self.pool.fetchrow(
+                "SELECT * FROM training_requests WHERE id = $1", request_id
+            )
+            if row is not None and row["status"] in final:
+                return row
+            await asyncio.sleep(0.5)
+        pytest.fail(
+            f"request {request_id} not done in {timeout}s: {row and dict(row)}\n{self.logs()}"
+        )
+
+    async def wait_until(self, sql: str, *args: Any, timeout: float = 120) -> Any:
+        """Poll ``sql`` until it returns a truthy value."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = await self.pool.fetchval(sql, *args)
+            if value:
+                return value
+            await asyncio.sleep(0.3)
+        pytest.fail(f"timed out waiting for: {sql} {args}\n{self.logs()}")
+
+
+@pytest.fixture
+async def pipeline(
+    settings: Settings,
+    pool: db.Pool,
+    broker: Broker,
+    simulator_server: Any,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Pipeline]:
+    simulator_server.reset()
+    p = Pipeline(settings, pool, broker, tmp_path, env=simulator_server.env())
+    try:
+        yield p
+    finally:
+        p.stop_all()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(p.logs())
+        simulator_server.reset()
