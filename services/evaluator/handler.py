@@ -87,7 +87,6 @@ class Evaluator:
             await store.mark_done(self.pool, request_id, existing.id)
             return _evaluated(request_id, existing)
 
-        await store.model_class_names(self.pool, target.model_id)  # exists and is trained
         await store.mark_started(self.pool, request_id, target.model_id)
         model, spec, _ = await self.load_model(self.pool, target.model_id)
         class_names: Sequence[str] = tuple(spec.class_names)

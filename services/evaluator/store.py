@@ -17,6 +17,7 @@ set are serialized by a transaction-level advisory lock.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -35,10 +36,6 @@ logger = logging.getLogger(__name__)
 # First key of the two-int advisory lock taken around a champion decision ("EV").
 _CHAMPION_LOCK_NAMESPACE = 0x4556
 STAGE = "evaluating"
-
-
-class ModelNotEvaluable(PermanentError):
-    """The model does not exist or is not in the ``trained`` state."""
 
 
 @dataclass(frozen=True)
@@ -84,16 +81,6 @@ def beats(challenger_f1: float, champion_f1: float, margin: float) -> bool:
 
 
 # -- reads ------------------------------------------------------------------------------------
-
-
-async def model_class_names(con: asyncpg.Connection | db.Pool, model_id: int) -> list[str]:
-    """The class names of a trained model; :class:`ModelNotEvaluable` otherwise."""
-    row = await con.fetchrow("SELECT status, class_names FROM models WHERE id = $1", model_id)
-    if row is None:
-        raise ModelNotEvaluable(f"model {model_id} does not exist")
-    if row["status"] != "trained":
-        raise ModelNotEvaluable(f"model {model_id} is {row['status']}, not trained")
-    return list(row["class_names"])
 
 
 async def find_evaluation(
@@ -206,11 +193,7 @@ async def save_evaluation(
             await mark_done(con, request_id, existing.id)
             return existing
 
-        await con.copy_records_to_table(
-            "predictions",
-            columns=("evaluation_id", "sha256", "true_label", "predicted", "probabilities"),
-            records=_prediction_records(evaluation_id, images, probabilities, metrics.class_names),
-        )
+        await _insert_predictions(con, evaluation_id, images, probabilities, metrics.class_names)
         promotion = await _decide_champion(
             con, class_set(metrics.class_names), dataset_id, split, promotion_margin
         )
@@ -233,13 +216,38 @@ def _prediction_records(
     images: Sequence[ImageRef],
     probabilities: npt.NDArray[np.floating],
     class_names: Sequence[str],
-) -> list[tuple[object, ...]]:
+) -> list[tuple[int, str, str, str, dict[str, float]]]:
     predicted = np.asarray(probabilities).argmax(axis=1)
     records = []
     for ref, probs, best in zip(images, probabilities, predicted, strict=True):
         by_class = {name: round(float(p), 6) for name, p in zip(class_names, probs, strict=True)}
         records.append((evaluation_id, ref.sha256, ref.tag, class_names[int(best)], by_class))
     return records
+
+
+async def _insert_predictions(
+    con: asyncpg.Connection,
+    evaluation_id: int,
+    images: Sequence[ImageRef],
+    probabilities: npt.NDArray[np.floating],
+    class_names: Sequence[str],
+) -> None:
+    """All prediction rows in one statement (arrays unnested server-side)."""
+    records = _prediction_records(evaluation_id, images, probabilities, class_names)
+    if not records:
+        return
+    _, shas, truths, predicted, probs = zip(*records, strict=True)
+    await con.execute(
+        "INSERT INTO predictions (evaluation_id, sha256, true_label, predicted, probabilities)"
+        " SELECT $1, u.sha256, u.truth, u.predicted, u.probs::jsonb"
+        " FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])"
+        " AS u(sha256, truth, predicted, probs)",
+        evaluation_id,
+        list(shas),
+        list(truths),
+        list(predicted),
+        [json.dumps(p) for p in probs],
+    )
 
 
 async def _decide_champion(

@@ -1,0 +1,38 @@
+"""``python -m services.evaluator``: score trained models and stored date ranges.
+
+Consumes ``ModelReady`` (a model's held-out test split) and ``DatasetReady`` for
+evaluation (another date range), publishes ``ModelEvaluated``. Settings come from the
+environment: the shared ones (``AMQP_URL``, ``DATABASE_URL``, …) and ``EVALUATOR_*``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.evaluator.handler import Evaluator
+from shared import db
+from shared.broker import EVALUATOR, Broker
+from shared.messages import DatasetReady, ModelReady
+from shared.runtime import serve
+from shared.settings import EvaluatorSettings, Settings
+from shared.weight_store import load_model
+
+
+def main() -> None:
+    evaluator_settings = EvaluatorSettings()
+
+    def make_handler(pool: db.Pool, broker: Broker, settings: Settings) -> Evaluator:
+        return Evaluator(pool, evaluator_settings, load_model=load_model)
+
+    asyncio.run(
+        serve(
+            EVALUATOR,
+            (ModelReady, DatasetReady),
+            make_handler,
+            prefetch=evaluator_settings.prefetch,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
