@@ -359,3 +359,18 @@ async def test_download_of_many_images_is_concurrent_and_bounded(
     # 32 images, 8 at a time, 50 ms each: ~0.2 s; sequentially it would be 1.6 s.
     assert len(links) == 32
     assert 0.2 <= elapsed < 0.9
+
+
+async def test_link_to_a_name_resolving_to_loopback_is_refused(client: ChouetteClient) -> None:
+    # The API is 127.0.0.1 (trusted); "localhost" is another host that resolves to loopback.
+    link = (await first_link(client)).replace("127.0.0.1", "localhost", 1)
+    with pytest.raises(ImageRejected) as info:
+        await client.download(link)
+    assert info.value.reason == "refused link"
+
+
+async def test_allow_private_hosts_lets_it_through(open_client: ClientFactory) -> None:
+    async with open_client(allow_private_hosts=True) as client:
+        link = (await first_link(client)).replace("127.0.0.1", "localhost", 1)
+        download = await client.download(link)
+    assert download.data.startswith(b"\xff\xd8")
