@@ -1,0 +1,222 @@
+"""The model spec and the one function that builds a network from it.
+
+The trainer records a :class:`ModelSpec` with every model (columns of ``models``); the
+evaluator and ``chouette predict`` rebuild exactly the same network from it and load
+the stored weights (``shared.weight_store``). The model takes float RGB images with
+values 0..255 (``shared.images``) and does its own ``preprocess_input`` inside:
+
+    input (size, size, 3) 0..255
+      → preprocessing   ResNet*: RGB→BGR minus the ImageNet channel means ("caffe")
+                        ResNet*V2: scaled to -1..1 ("tf")
+      → keras.applications.<Arch>(include_top=False, pooling="avg")   the "base"
+      → Dropout → Dense(n_classes, softmax, float32)                   the "head"
+
+Initial weights: ``"none"`` trains from scratch, ``"imagenet"`` loads the Keras cache
+(``$KERAS_HOME/models``, never downloads), any other value is a local weights file
+for the base (a Keras ``*_notop.h5`` or a ``.weights.h5`` of the same base).
+
+TensorFlow is imported on first use of :func:`build_model`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.errors import PermanentError
+from shared.messages import ARCHITECTURES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Architecture
+
+if TYPE_CHECKING:
+    import keras
+
+BASE_NAME: Final = "base"
+# BGR channel means of ImageNet ("caffe" preprocessing of the v1 ResNets).
+CAFFE_BGR_MEANS: Final = (103.939, 116.779, 123.68)
+
+
+class WeightsUnavailable(PermanentError):
+    """Requested initial weights (ImageNet cache or a local file) cannot be loaded."""
+
+
+class ModelSpec(BaseModel):
+    """Everything needed to rebuild a network: stored with the model, used by the evaluator."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    architecture: Architecture
+    image_size: int = Field(ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)
+    class_names: tuple[str, ...]
+    dropout: float = Field(0.0, ge=0, lt=1)
+    # Initial weights of the base: "none", "imagenet" or a local file path. Rebuilding a
+    # stored model always uses "none" (its own weights are loaded afterwards).
+    weights: str = "none"
+
+    @field_validator("class_names")
+    @classmethod
+    def _classes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) < 2:
+            raise ValueError("at least two classes are needed")
+        if len(set(value)) != len(value):
+            raise ValueError(f"class names repeat: {value}")
+        return value
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, 3)
+
+    @property
+    def is_v2(self) -> bool:
+        return self.architecture.endswith("V2")
+
+
+def imagenet_cache_path(architecture: str) -> Path:
+    """Where Keras keeps the ImageNet weights of ``architecture``'s base (``include_top=False``)."""
+    try:
+        from keras.src.backend.config import keras_home
+
+        home = Path(keras_home())
+    except ImportError:  # pragma: no cover - older/newer Keras layout
+        home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    name = architecture.lower()
+    return home / "models" / f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+def _base_weights(spec: ModelSpec) -> str | None:
+    """The ``weights=`` argument for keras.applications, or a clear error before building."""
+    if spec.weights == "none":
+        return None
+    if spec.weights == "imagenet":
+        path = imagenet_cache_path(spec.architecture)
+        candidates = [path, Path("/tmp/.keras/models") / path.name]
+        for candidate in candidates:
+            if candidate.is_file():
+                return str(candidate)
+        raise WeightsUnavailable(
+            f"ImageNet weights for {spec.architecture} are not in the Keras cache "
+            f"({path}) and this service never downloads them: copy "
+            f"{path.name} there, pass --weights PATH, or use --weights none"
+        )
+    path = Path(spec.weights).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailable(f"weights file {spec.weights} does not exist on this machine")
+    return str(path)
+
+
+def _preprocessing(spec: ModelSpec) -> keras.layers.Layer:
+    import keras
+
+    if spec.is_v2:
+        # keras.applications.resnet_v2.preprocess_input: x / 127.5 - 1
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess_tf")
+    return CaffePreprocess(name="preprocess_caffe")
+
+
+def build_model(spec: ModelSpec) -> keras.Model:
+    """The network of ``spec``, uncompiled; input float RGB 0..255 of ``spec.input_shape``.
+
+    Raises :class:`WeightsUnavailable` when ``spec.weights`` cannot be loaded.
+    """
+    import keras
+
+    if spec.architecture not in ARCHITECTURES:  # pragma: no cover - validated by pydantic
+        raise PermanentError(f"unknown architecture {spec.architecture}")
+    weights = _base_weights(spec)
+    constructor = getattr(keras.applications, spec.architecture)
+    inputs = keras.Input(shape=spec.input_shape, name="image")
+    x = _preprocessing(spec)(inputs)
+    try:
+        base = constructor(
+            include_top=False,
+            weights=weights,
+            input_shape=spec.input_shape,
+            pooling="avg",
+            name=BASE_NAME,
+        )
+    except (OSError, ValueError) as exc:
+        if weights is None:
+            raise
+        raise WeightsUnavailable(
+            f"cannot load weights {spec.weights} into {spec.architecture}: {exc}"
+        ) from exc
+    x = base(x)
+    x = keras.layers.Dropout(spec.dropout, name="head_dropout")(x)
+    # float32 output even under a mixed-precision policy: softmax in float16 is unstable.
+    outputs = keras.layers.Dense(
+        len(spec.class_names), activation="softmax", dtype="float32", name="predictions"
+    )(x)
+    return keras.Model(inputs, outputs, name=f"chouette_{spec.architecture.lower()}")
+
+
+def base_of(model: keras.Model) -> keras.Model:
+    """The keras.applications part of a model built by :func:`build_model`."""
+    return model.get_layer(BASE_NAME)
+
+
+def batchnorm_layers(model: keras.Model) -> list[Any]:
+    import keras
+
+    found = []
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop(0)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        stack[:0] = getattr(layer, "layers", [])
+    return found
+
+
+def momentum_for_steps(steps_per_epoch: int, *, settle: float = 0.05) -> float:
+    """BatchNorm momentum whose moving statistics settle within one epoch.
+
+    After ``s`` updates the initial statistics weigh ``momentum ** s``; Keras' default
+    0.99 needs ~300 steps to forget them, far more than an epoch of a small dataset, so
+    a network trained from scratch on a few hundred images validates (and predicts)
+    with stale statistics. Here ``momentum ** steps_per_epoch == settle``, kept within
+    0.5..0.99 (the default for large datasets).
+    """
+    steps = max(1, steps_per_epoch)
+    return float(min(0.99, max(0.5, settle ** (1.0 / steps))))
+
+
+def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:
+    """Set every BatchNormalization layer's momentum (before compiling); returns the count."""
+    layers = batchnorm_layers(model)
+    for layer in layers:
+        layer.momentum = momentum
+    return len(layers)
+
+
+def _caffe_layer_class() -> type:
+    import keras
+
+    @keras.saving.register_keras_serializable(package="chouette")
+    class _CaffePreprocess(keras.layers.Layer):
+        """keras.applications.resnet.preprocess_input inside the model: RGB→BGR, minus means."""
+
+        def call(self, inputs: Any) -> Any:
+            x = keras.ops.flip(inputs, axis=-1)
+            means = keras.ops.convert_to_tensor(CAFFE_BGR_MEANS, dtype=x.dtype)
+            return x - means
+
+    return _CaffePreprocess
+
+
+_CAFFE: type | None = None
+
+
+def CaffePreprocess(**kwargs: Any) -> keras.layers.Layer:
+    global _CAFFE
+    if _CAFFE is None:
+        _CAFFE = _caffe_layer_class()
+    return _CAFFE(**kwargs)  # type: ignore[no-any-return]
+
+
+def library_versions() -> dict[str, str]:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__}

@@ -1,0 +1,564 @@
+"""Model weights and training checkpoints in PostgreSQL, streamed in parts of a few MiB.
+
+Used by the trainer (store, checkpoint, resume) and by the evaluator and
+``chouette predict`` (:func:`load_model`).
+
+Stream format (one per stored model or checkpoint), rows ``(…, part, bytes)``::
+
+    parts 0..n-1 (the body, cut every DEFAULT_PART_BYTES)
+      b"CHWTS\\x00\\x01\\n"          8 bytes: magic + format version
+      header length                 8 bytes, little-endian
+      header                        JSON: format, kind, meta, tensors [{path, shape, dtype}]
+      tensor data                   every tensor's bytes, C order, in header order
+    part n                          the 32-byte sha256 of the body
+
+``models.weights_sha256`` records that digest (hex) and ``models.weights_bytes`` the total
+stored length, so a load is verified twice: against the digest part and against the row.
+Variables are matched by order and shape (the network is rebuilt from its spec, so the
+order is the one ``build_model`` gives); names are kept in the header for diagnostics.
+
+Both directions stream: one tensor and a couple of parts are in memory at a time, so the
+extra peak memory is a few parts plus the largest tensor (for ResNet152: ~20 MiB next to
+its 223 MiB of weights). The CPU work (copying tensors, hashing) runs in worker threads,
+overlapping the database I/O, so a long load or store never blocks the event loop.
+
+Errors: :class:`CorruptWeights` (checksum or format) marks the model ``corrupt``;
+:class:`WeightsMismatch` (the stored tensors do not fit the rebuilt network),
+:class:`ModelNotFound` and :class:`ModelNotReady` are permanent too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import struct
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import asyncpg
+import numpy as np
+
+from shared.errors import PermanentError
+from shared.modeling import ModelSpec, build_model
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+MAGIC: Final = b"CHWTS\x00\x01\n"
+FORMAT: Final = "chouette-weights/1"
+DIGEST_BYTES: Final = 32
+DEFAULT_PART_BYTES: Final = 4 * 1024 * 1024
+_PREFIX = struct.Struct("<8sQ")
+
+T = TypeVar("T")
+
+
+class CorruptWeights(PermanentError):
+    """Stored weights fail their checksum or are not a weights stream: the model is unusable."""
+
+
+class WeightsMismatch(PermanentError):
+    """Stored tensors do not fit the network rebuilt from the model's spec."""
+
+
+class ModelNotFound(PermanentError):
+    """No model with this id."""
+
+
+class ModelNotReady(PermanentError):
+    """The model exists but has no usable weights (still training, failed or corrupt)."""
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Digest:
+    sha256: str = ""
+    nbytes: int = 0
+
+
+def _tensor_specs(variables: Sequence[Any]) -> list[dict[str, Any]]:
+    return [
+        {"path": str(v.path), "shape": [int(d) for d in v.shape], "dtype": str(v.dtype)}
+        for v in variables
+    ]
+
+
+def iter_body_parts(
+    variables: Sequence[Any],
+    *,
+    kind: str,
+    meta: dict[str, Any] | None = None,
+    part_bytes: int = DEFAULT_PART_BYTES,
+) -> Iterator[bytes]:
+    """Serialize ``variables`` (Keras/TF variables or arrays): magic, header, tensors, in parts.
+
+    Blocking (copies tensors out of TensorFlow); the digest part is added by the caller.
+    """
+    if part_bytes <= 0:
+        raise ValueError("part_bytes must be positive")
+    header = json.dumps(
+        {"format": FORMAT, "kind": kind, "meta": meta or {}, "tensors": _tensor_specs(variables)}
+    ).encode()
+    buf = bytearray(part_bytes)
+    fill = 0
+
+    def put(chunk: bytes | memoryview) -> Iterator[bytes]:
+        nonlocal fill
+        view = memoryview(chunk).cast("B")
+        while len(view):
+            n = min(len(view), part_bytes - fill)
+            buf[fill : fill + n] = view[:n]
+            fill += n
+            view = view[n:]
+            if fill == part_bytes:
+                yield bytes(buf)
+                fill = 0
+
+    yield from put(_PREFIX.pack(MAGIC, len(header)))
+    yield from put(header)
+    for v in variables:
+        array = np.ascontiguousarray(v.numpy() if hasattr(v, "numpy") else np.asarray(v))
+        yield from put(array.reshape(-1).view(np.uint8).data)
+        del array
+    if fill:
+        yield bytes(buf[:fill])
+
+
+async def _threaded(items: Iterator[T]) -> AsyncIterator[T]:
+    """Run a blocking iterator in worker threads, one item ahead of the consumer."""
+    done = object()
+    pending = asyncio.ensure_future(asyncio.to_thread(next, items, done))
+    try:
+        while True:
+            item = await pending
+            if item is done:
+                return
+            pending = asyncio.ensure_future(asyncio.to_thread(next, items, done))
+            yield item  # type: ignore[misc]
+    finally:
+        await _settle(pending)
+
+
+async def _settle(future: asyncio.Future[Any] | None) -> None:
+    """Wait for a helper future we no longer need, ignoring its outcome."""
+    if future is None or future.done():
+        return
+    future.cancel()
+    try:
+        await future
+    except BaseException:
+        pass
+
+
+async def _stream_parts(
+    variables: Sequence[Any], digest: _Digest, **kwargs: Any
+) -> AsyncIterator[bytes]:
+    """Body parts then the 32-byte digest part; serializing, hashing and sending overlap."""
+    sha = hashlib.sha256()
+    hashing: asyncio.Future[None] | None = None
+    total = 0
+    try:
+        async for part in _threaded(iter_body_parts(variables, **kwargs)):
+            if hashing is not None:
+                await hashing
+            # hashlib releases the GIL: this runs beside the next part's serialization.
+            hashing = asyncio.ensure_future(asyncio.to_thread(sha.update, part))
+            total += len(part)
+            yield part
+        if hashing is not None:
+            await hashing
+    finally:
+        await _settle(hashing)
+    trailer = sha.digest()
+    digest.sha256 = trailer.hex()
+    digest.nbytes = total + len(trailer)
+    yield trailer
+
+
+async def _copy_stream(
+    con: asyncpg.Connection,
+    table: str,
+    key: tuple[Any, ...],
+    columns: list[str],
+    parts: AsyncIterator[bytes],
+) -> None:
+    async def records() -> AsyncIterator[tuple[Any, ...]]:
+        number = 0
+        async for part in parts:
+            yield (*key, number, part)
+            number += 1
+
+    await con.copy_records_to_table(table, records=records(), columns=columns)
+
+
+async def store_weights(
+    con: asyncpg.Connection,
+    model_id: int,
+    model: keras.Model,
+    part_bytes: int = DEFAULT_PART_BYTES,
+) -> tuple[str, int]:
+    """Write ``model``'s weights into ``model_weights`` (replacing any); return (sha256, bytes).
+
+    Run it inside the transaction that also records the digest and sets
+    ``models.status = 'trained'``, so a model is never marked trained without its weights.
+    """
+    digest = _Digest()
+    await con.execute("DELETE FROM model_weights WHERE model_id = $1", model_id)
+    parts = _stream_parts(
+        model.weights, digest, kind="weights", meta={"model_id": model_id}, part_bytes=part_bytes
+    )
+    await _copy_stream(con, "model_weights", (model_id,), ["model_id", "part", "bytes"], parts)
+    logger.info(
+        "stored weights of model %d: %.1f MiB, sha256 %s",
+        model_id, digest.nbytes / 2**20, digest.sha256[:12],
+    )  # fmt: skip
+    return digest.sha256, digest.nbytes
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+Resolver = Callable[[dict[str, Any]], list[Any | None]]
+
+
+@dataclass
+class _StreamDecoder:
+    """Parses the body parts of one stream in order; assigns tensors as they complete.
+
+    ``resolve(header)`` returns, per header tensor, the variable to assign it to (or None
+    to skip it); it may raise :class:`WeightsMismatch`. Hashing is done by the reader.
+    """
+
+    resolve: Resolver
+    header: dict[str, Any] | None = None
+    _buf: bytearray = field(default_factory=bytearray)
+    _targets: list[Any | None] = field(default_factory=list)
+    _index: int = 0
+    _state: str = "prefix"
+    _header_len: int = 0
+
+    def _take(self, n: int) -> bytes | None:
+        if len(self._buf) < n:
+            return None
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def feed(self, part: bytes) -> None:
+        self._buf += part
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
+        if self._state == "prefix":
+            raw = self._take(_PREFIX.size)
+            if raw is None:
+                return False
+            magic, self._header_len = _PREFIX.unpack(raw)
+            if magic != MAGIC:
+                raise CorruptWeights("not a chouette weights stream (bad magic bytes)")
+            self._state = "header"
+            return True
+        if self._state == "header":
+            raw = self._take(self._header_len)
+            if raw is None:
+                return False
+            try:
+                self.header = json.loads(raw)
+            except ValueError as exc:
+                raise CorruptWeights(f"unreadable weights header: {exc}") from exc
+            if not isinstance(self.header, dict) or self.header.get("format") != FORMAT:
+                raise CorruptWeights("weights header has an unknown format")
+            self._targets = self.resolve(self.header)
+            self._state = "tensors"
+            return True
+        if self._state == "tensors":
+            assert self.header is not None
+            tensors = self.header["tensors"]
+            if self._index == len(tensors):
+                self._state = "end"
+                return True
+            spec = tensors[self._index]
+            dtype = np.dtype(spec["dtype"])
+            count = int(np.prod(spec["shape"], dtype=np.int64))
+            size = count * dtype.itemsize
+            if len(self._buf) < size:
+                return False
+            target = self._targets[self._index]
+            if target is not None:
+                # An immutable copy: TensorFlow may alias the array while assigning, and the
+                # bytearray must stay resizable.
+                with memoryview(self._buf) as view:
+                    chunk = bytes(view[:size])
+                target.assign(np.frombuffer(chunk, dtype=dtype, count=count).reshape(spec["shape"]))
+                del chunk
+            del self._buf[:size]
+            self._index += 1
+            return True
+        if self._buf:
+            raise CorruptWeights(f"{len(self._buf)} unexpected bytes after the last tensor")
+        return False
+
+    def finish(self, nbytes: int) -> None:
+        if self._state != "end" or self._buf:
+            raise CorruptWeights(
+                f"weights stream truncated ({nbytes} bytes, stopped in {self._state})"
+            )
+
+
+async def _read_stream(
+    con: asyncpg.Connection, query: str, args: tuple[Any, ...], decoder: _StreamDecoder
+) -> tuple[str, int]:
+    """Stream the parts selected by ``query`` into ``decoder``; verify the digest part.
+
+    Three things overlap: fetching the next part (event loop), hashing this part and
+    decoding it into the model (two worker threads). Returns (sha256 hex, bytes read).
+    """
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=2)
+
+    async def produce() -> None:
+        async with con.transaction():
+            async for row in con.cursor(query, *args, prefetch=1):
+                await queue.put(row["bytes"])
+        await queue.put(None)
+
+    sha = hashlib.sha256()
+    nbytes = 0
+    previous: bytes | None = None
+    producer = asyncio.ensure_future(produce())
+    try:
+        while True:
+            get = asyncio.ensure_future(queue.get())
+            await asyncio.wait({get, producer}, return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
+                get.cancel()
+                producer.result()  # raises the producer's error
+                continue
+            part = get.result()
+            if part is None:
+                break
+            nbytes += len(part)
+            # The last part is the digest: a part is body once another follows it.
+            if previous is not None:
+                await asyncio.gather(
+                    asyncio.to_thread(sha.update, previous),
+                    asyncio.to_thread(decoder.feed, previous),
+                )
+            previous = part
+        await producer
+    finally:
+        await _settle(producer)
+    if previous is None:
+        raise CorruptWeights("no weights stored")
+    decoder.finish(nbytes)
+    actual = sha.digest()
+    if previous != actual:
+        raise CorruptWeights(
+            f"weights fail their checksum: sha256 {actual.hex()[:16]}… "
+            f"!= stored {previous.hex()[:16]}…"
+        )
+    return actual.hex(), nbytes
+
+
+def _match(kind: str, stored: list[dict[str, Any]], variables: Sequence[Any]) -> None:
+    if len(stored) != len(variables):
+        raise WeightsMismatch(
+            f"stored {kind} has {len(stored)} tensors, the rebuilt network {len(variables)}"
+        )
+    for spec, v in zip(stored, variables, strict=True):
+        if list(spec["shape"]) != [int(d) for d in v.shape]:
+            raise WeightsMismatch(
+                f"stored {kind} tensor {spec['path']} has shape {spec['shape']}, "
+                f"the rebuilt network's {v.path} {list(v.shape)}"
+            )
+
+
+async def read_weights_into(
+    con: asyncpg.Connection, model_id: int, model: keras.Model
+) -> tuple[str, int]:
+    """Load ``model_weights`` of ``model_id`` into ``model``; return (sha256, bytes) read.
+
+    Raises :class:`CorruptWeights` or :class:`WeightsMismatch`; does not touch ``models``.
+    """
+    variables = list(model.weights)
+
+    def resolve(header: dict[str, Any]) -> list[Any | None]:
+        _match("weights", header["tensors"], variables)
+        return variables
+
+    return await _read_stream(
+        con,
+        "SELECT bytes FROM model_weights WHERE model_id = $1 ORDER BY part",
+        (model_id,),
+        _StreamDecoder(resolve),
+    )
+
+
+_MODEL_COLUMNS = (
+    "id, request_id, dataset_id, architecture, hyperparams, class_names, input_shape, status,"
+    " weights_sha256, weights_bytes, library_versions, train_seconds, images_per_second,"
+    " best_epoch, final_metrics, created_at, trained_at"
+)
+
+
+def spec_from_row(row: Any) -> ModelSpec:
+    """The spec of a ``models`` row (always ``weights="none"``: its own weights follow)."""
+    hyper = row["hyperparams"] or {}
+    return ModelSpec(
+        architecture=row["architecture"],
+        image_size=int(row["input_shape"][0]),
+        class_names=tuple(row["class_names"]),
+        dropout=float(hyper.get("dropout", 0.0)),
+    )
+
+
+async def mark_corrupt(con: asyncpg.Connection | asyncpg.Pool, model_id: int) -> None:
+    await con.execute("UPDATE models SET status = 'corrupt' WHERE id = $1", model_id)
+
+
+async def load_model(
+    pool: asyncpg.Pool, model_id: int
+) -> tuple[keras.Model, ModelSpec, dict[str, Any]]:
+    """Rebuild model ``model_id`` from its recorded spec and load its verified weights.
+
+    Returns ``(model, spec, row)`` where ``row`` is the ``models`` row as a dict (class
+    names in output order, hyper-parameters, metrics…). The model is uncompiled, ready
+    for ``model.predict`` on images from ``shared.images``.
+
+    Raises :class:`ModelNotFound`, :class:`ModelNotReady` (status not ``trained``),
+    :class:`WeightsMismatch`, or :class:`CorruptWeights` — the latter after setting
+    ``models.status = 'corrupt'`` — all permanent errors with a one-line reason.
+    """
+    async with pool.acquire() as con:
+        row = await con.fetchrow(
+            f"SELECT {_MODEL_COLUMNS} FROM models WHERE id = $1",  # noqa: S608
+            model_id,
+        )
+        if row is None:
+            raise ModelNotFound(f"model {model_id} does not exist")
+        if row["status"] == "corrupt":
+            raise CorruptWeights(f"model {model_id} is marked corrupt: its weights failed a check")
+        if row["status"] != "trained":
+            raise ModelNotReady(f"model {model_id} has no weights yet (status {row['status']})")
+        spec = spec_from_row(row)
+        model = await asyncio.to_thread(build_model, spec)
+        try:
+            sha, nbytes = await read_weights_into(con, model_id, model)
+            if sha != row["weights_sha256"] or nbytes != row["weights_bytes"]:
+                raise CorruptWeights(
+                    f"weights read ({nbytes} bytes, sha256 {sha[:16]}…) differ from the "
+                    f"recorded ({row['weights_bytes']} bytes, sha256 "
+                    f"{(row['weights_sha256'] or '')[:16]}…)"
+                )
+        except CorruptWeights as exc:
+            await mark_corrupt(con, model_id)
+            logger.error("model %d marked corrupt: %s", model_id, exc)
+            raise CorruptWeights(f"model {model_id} is corrupt: {exc}") from exc
+    logger.info("loaded model %d (%s, %d bytes)", model_id, spec.architecture, nbytes)
+    return model, spec, dict(row)
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+async def save_checkpoint(
+    con: asyncpg.Connection,
+    model_id: int,
+    epoch: int,
+    model: keras.Model,
+    optimizer_variables: Sequence[Any] = (),
+    *,
+    keep: Iterable[int] = (),
+    meta: dict[str, Any] | None = None,
+    part_bytes: int = DEFAULT_PART_BYTES,
+) -> int:
+    """Store the checkpoint of ``epoch`` (weights, optimizer state, ``meta``); return its bytes.
+
+    Replaces an older checkpoint of the same epoch and deletes those of epochs other than
+    ``epoch`` and ``keep`` (e.g. the best epoch's, to restore at the end). Call it in
+    the transaction that records the epoch.
+    """
+    weights = list(model.weights)
+    optimizer = list(optimizer_variables)
+    digest = _Digest()
+    keep_epochs = sorted({epoch, *keep})
+    await con.execute(
+        "DELETE FROM model_checkpoints WHERE model_id = $1"
+        " AND (epoch = $2 OR NOT (epoch = ANY($3::int[])))",
+        model_id,
+        epoch,
+        keep_epochs,
+    )
+    parts = _stream_parts(
+        [*weights, *optimizer],
+        digest,
+        kind="checkpoint",
+        meta={**(meta or {}), "epoch": epoch, "n_model": len(weights)},
+        part_bytes=part_bytes,
+    )
+    await _copy_stream(
+        con, "model_checkpoints", (model_id, epoch), ["model_id", "epoch", "part", "bytes"], parts
+    )
+    return digest.nbytes
+
+
+async def checkpoint_epochs(con: asyncpg.Connection | asyncpg.Pool, model_id: int) -> list[int]:
+    rows = await con.fetch(
+        "SELECT DISTINCT epoch FROM model_checkpoints WHERE model_id = $1 ORDER BY epoch",
+        model_id,
+    )
+    return [int(r["epoch"]) for r in rows]
+
+
+async def load_checkpoint(
+    con: asyncpg.Connection,
+    model_id: int,
+    epoch: int,
+    model: keras.Model,
+    optimizer_variables: Sequence[Any] | None = None,
+) -> tuple[bool, dict[str, Any]]:
+    """Load the checkpoint of ``epoch`` into ``model`` (and the optimizer's variables).
+
+    Returns ``(optimizer_restored, meta)``: the optimizer state is restored only when
+    ``optimizer_variables`` (built) match the stored ones; otherwise it is skipped (e.g.
+    a checkpoint from the frozen-base phase resumed into the fine-tuning phase).
+    Raises :class:`CorruptWeights` or :class:`WeightsMismatch`.
+    """
+    weights = list(model.weights)
+    restored = False
+
+    def resolve(header: dict[str, Any]) -> list[Any | None]:
+        nonlocal restored
+        n_model = int(header["meta"]["n_model"])
+        stored = header["tensors"]
+        _match("checkpoint", stored[:n_model], weights)
+        rest: list[Any | None] = [None] * (len(stored) - n_model)
+        if optimizer_variables is not None:
+            try:
+                _match("optimizer state", stored[n_model:], optimizer_variables)
+            except WeightsMismatch as exc:
+                logger.info("optimizer state not restored: %s", exc)
+            else:
+                rest = list(optimizer_variables)
+                restored = True
+        return [*weights, *rest]
+
+    decoder = _StreamDecoder(resolve)
+    await _read_stream(
+        con,
+        "SELECT bytes FROM model_checkpoints WHERE model_id = $1 AND epoch = $2 ORDER BY part",
+        (model_id, epoch),
+        decoder,
+    )
+    assert decoder.header is not None
+    return restored, dict(decoder.header["meta"])
+
+
+async def delete_checkpoints(con: asyncpg.Connection | asyncpg.Pool, model_id: int) -> None:
+    await con.execute("DELETE FROM model_checkpoints WHERE model_id = $1", model_id)
