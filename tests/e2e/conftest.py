@@ -15,15 +15,12 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +28,9 @@ import asyncpg
 import pytest
 
 from shared import db
+from shared.cli.stack import ROOT, SERVICES, Stack, pipeline_env
 from shared.local_services import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("fetcher", "trainer", "evaluator")
 READY_TIMEOUT_S = float(os.environ.get("E2E_READY_TIMEOUT", "180"))
 STOP_TIMEOUT_S = 30.0
 
@@ -46,27 +42,14 @@ EMPTY_RANGE = ("2019-01-01", "2019-01-31")
 
 
 @dataclass
-class Service:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self, lines: int = 60) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-
-@dataclass
 class Pipeline:
-    env: dict[str, str]
+    stack: Stack
     database_url: str
     namespace: str
-    api_url: str
-    workdir: Path
-    services: dict[str, Service] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.stack.env
 
     def chouette(self, *argv: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """``chouette ARGV`` as a user runs it; raises if it outlives ``timeout``."""
@@ -90,13 +73,10 @@ class Pipeline:
         return asyncio.run(go())
 
     def log_tails(self, lines: int = 60) -> str:
-        return "\n\n".join(
-            f"--- {s.name} (exit {s.process.poll()}) ---\n{s.tail(lines)}"
-            for s in self.services.values()
-        )
+        return self.stack.log_tails(lines)
 
     def check_alive(self) -> None:
-        dead = [s.name for s in self.services.values() if s.process.poll() is not None]
+        dead = self.stack.dead()
         if dead:
             raise AssertionError(f"service(s) exited: {dead}\n{self.log_tails()}")
 
@@ -107,46 +87,6 @@ def _missing_services() -> list[str]:
         for name in (*SERVICES, "simulator")
         if importlib.util.find_spec(f"services.{name}.__main__") is None
     ]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _start(name: str, env: dict[str, str], logdir: Path) -> Service:
-    log = logdir / f"{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C on pytest does not hit them before teardown
-        )
-    return Service(name, process, log)
-
-
-def _wait_ready(service: Service, is_ready: Any, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            raise RuntimeError(f"{service.name} exited at start-up:\n{service.tail()}")
-        if is_ready(service):
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"{service.name} not ready after {READY_TIMEOUT_S}s:\n{service.tail()}")
-
-
-def _stop(service: Service) -> None:
-    if service.process.poll() is None:
-        service.process.send_signal(signal.SIGTERM)
-        try:
-            service.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            service.process.kill()
-            service.process.wait(5)
 
 
 async def _create_database(admin_url: str, database_url: str, name: str) -> None:
@@ -179,43 +119,20 @@ def pipeline(servers: Any) -> Iterator[Pipeline]:
     database_url = servers.database(name)
     asyncio.run(_create_database(servers.database_url, database_url, name))
     namespace = f"e2e{uuid.uuid4().hex[:8]}"
-    sim_port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="chouette-e2e-"))
-    env = {
-        **os.environ,
-        "AMQP_URL": servers.amqp_url,
-        "DATABASE_URL": database_url,
-        "BROKER_NAMESPACE": namespace,
-        "BROKER_DELIVERY_LIMIT": "3",
-        "CHOUETTE_API_URL": f"http://127.0.0.1:{sim_port}",
-        # Never the real API from a developer's .env: the simulator accepts anyone.
-        "CHOUETTE_USERNAME": "",
-        "CHOUETTE_PASSWORD": "",
-        "SIMULATOR_HOST": "127.0.0.1",
-        "SIMULATOR_PORT": str(sim_port),
-        "SIMULATOR_USERNAME": "",
-        "SIMULATOR_PASSWORD": "",
-        "LOG_LEVEL": "INFO",
-        "PYTHONUNBUFFERED": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    pipe = Pipeline(env, database_url, namespace, env["CHOUETTE_API_URL"], workdir)
+    env = pipeline_env(
+        amqp_url=servers.amqp_url,
+        database_url=database_url,
+        namespace=namespace,
+        simulator_port=free_port(),
+    )
+    env.update({"BROKER_DELIVERY_LIMIT": "3", "LOG_LEVEL": "INFO"})
+    stack = Stack(env, Path(tempfile.mkdtemp(prefix="chouette-e2e-")))
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        pipe.services["simulator"] = _start("simulator", env, workdir)
-        for service in SERVICES:
-            pipe.services[service] = _start(service, env, workdir)
-        _wait_ready(pipe.services["simulator"], lambda _s: _port_open(sim_port), deadline)
-        for service in SERVICES:
-            _wait_ready(
-                pipe.services[service],
-                lambda s: f"{s.name} ready" in s.log.read_text(errors="replace"),
-                deadline,
-            )
-        yield pipe
+        stack.start(("simulator", *SERVICES))
+        stack.wait_ready(READY_TIMEOUT_S)
+        yield Pipeline(stack, database_url, namespace)
     finally:
-        for service in reversed(list(pipe.services.values())):
-            _stop(service)
+        stack.stop(STOP_TIMEOUT_S)
         asyncio.run(_drop_database(servers.database_url, name))
         _delete_namespace(servers.amqp_url, namespace)
 
