@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from shared.cli.demo import run_demo
 
-            return run_demo(keep_services=args.keep_services)
+            return run_demo(args)
         return _run_async(args)
     except UsageError as exc:
         print(f"chouette: error: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ import re
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from shared import db
 from shared.cli import queries, render
@@ -119,7 +120,7 @@ async def submit_command(
             if args.wait:  # subscribe before publishing: no notification can be missed
                 con = await stack.enter_async_context(pool.acquire())
                 listener = await stack.enter_async_context(Listener(con))
-            await _record_and_publish(pool, publisher, message)
+            await record_and_publish(pool, publisher, message)
             if listener is None:
                 return await _print_submitted(pool, message.request_id, args.json)
             return await _wait(listener, message.request_id, args)
@@ -135,7 +136,7 @@ async def _evaluable_model_tags(pool: db.Pool, model_arg: str) -> tuple[str, ...
     return tuple(row["class_names"])
 
 
-async def _record_and_publish(pool: db.Pool, publisher: Publisher, message: Message) -> None:
+async def record_and_publish(pool: db.Pool, publisher: Publisher, message: Message) -> None:
     await db.ensure_request(pool, message.request_id, kind_of(message), params_json(message))
     try:
         await publisher.publish(message)
@@ -157,18 +158,26 @@ async def _print_submitted(pool: db.Pool, request_id: uuid.UUID, as_json: bool) 
     return OK
 
 
+async def follow_request(
+    listener: Listener, request_id: uuid.UUID, view: render.ProgressView, timeout_s: float | None
+) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
+    """Follow to the end (or ``timeout_s``): (request row, its evaluation, timed out)."""
+    timed_out = False
+    try:
+        req = await follow(listener, request_id, view, timeout_s=timeout_s)
+    except TimeoutError:
+        timed_out = True
+        found = await queries.request(listener.con, request_id)
+        assert found is not None
+        req = found
+    return req, await queries.evaluation_for_request(listener.con, req), timed_out
+
+
 async def _wait(listener: Listener, request_id: uuid.UUID, args: argparse.Namespace) -> int:
     if not args.json:
         print(request_id, flush=True)
     view = render.ProgressView(enabled=not args.json)
-    timed_out = False
-    try:
-        req = await follow(listener, request_id, view, timeout_s=args.timeout)
-    except TimeoutError:
-        timed_out = True
-        req = await queries.request(listener.con, request_id)
-        assert req is not None
-    ev = await queries.evaluation_for_request(listener.con, req)
+    req, ev, timed_out = await follow_request(listener, request_id, view, args.timeout)
     if args.json:
         print(render.dumps(render.result_json(req, ev)))
     else:

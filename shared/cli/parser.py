@@ -103,7 +103,9 @@ def build_parser() -> Parser:
     demo = sub.add_parser(
         "demo", help="start everything, train, evaluate on a later range, print the results"
     )
-    demo.add_argument("--keep-services", action="store_true", help="leave RabbitMQ/PG running")
+    from shared.cli.demo import add_arguments
+
+    add_arguments(demo)
     return parser
 
 

@@ -21,6 +21,17 @@ def test_importing_the_cli_does_not_import_tensorflow() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_building_the_parser_imports_no_pydantic_nor_drivers() -> None:
+    code = (
+        "import sys; from shared.cli.parser import build_parser; build_parser();"
+        "heavy = [m for m in ('pydantic', 'asyncpg', 'aio_pika', 'tensorflow')"
+        " if m in sys.modules];"
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_help_answers_under_one_second() -> None:
     best = float("inf")
     for _ in range(3):  # the best of three: this machine is shared with training jobs

@@ -1,0 +1,207 @@
+"""Pipeline overhead on a tiny request: end-to-end time not spent fetching, training or scoring.
+
+    .venv/bin/python -m bench.bench_overhead [--arch ResNet50] [--runs 2]
+
+Starts private RabbitMQ + PostgreSQL (or uses ``BENCH_AMQP_URL`` / ``BENCH_DATABASE_URL``,
+the latter a role allowed to create databases), the simulator and the three services, then
+sends tiny training requests (32 px, 1 epoch, one week of images) with ``chouette train
+--wait`` and splits each request's life, from the request row's timestamps
+(``request_timeline``, migration 041) and the services' own measurements:
+
+- end to end: the CLI's wall time, from its start to the printed result;
+- fetching: from the fetcher taking the request to the dataset being recorded;
+- fitting: the trainer's own ``model.fit`` time (``models.train_seconds``);
+- scoring: the evaluator's scoring time (``n_images / images_per_second``);
+- overhead = end to end - fetching - fitting - scoring: CLI start-up, messaging, database
+  bookkeeping, building the network, storing and loading the weights.
+
+The first run warms the services up (first TensorFlow graph traces); the last run is the
+measured one. Last line: ``{"bench": "overhead", "ratio": <seconds>, "target": 3, "pass": ...}``
+(``ratio`` holds the overhead in seconds, as the benchmark contract names it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from shared import db
+from shared.cli.stack import ROOT, SERVICES, Stack, pipeline_env
+from shared.local_services import PostgresServer, RabbitServer, free_port
+
+TARGET_S = 3.0
+TRAIN_RANGE = ("2021-05-01", "2021-05-07")
+
+
+@contextlib.contextmanager
+def servers(tmp: Path) -> Iterator[tuple[str, str]]:
+    """(amqp_url, admin database url): from the environment, or private ones started here."""
+    amqp, database = os.environ.get("BENCH_AMQP_URL"), os.environ.get("BENCH_DATABASE_URL")
+    started: list[Any] = []
+    try:
+        if not database:
+            postgres = PostgresServer(
+                tmp / "postgres", port=free_port(), database="bench_admin", superuser=True
+            )
+            postgres.start()
+            started.append(postgres)
+            database = postgres.url
+        if not amqp:
+            rabbit = RabbitServer(tmp / "rabbitmq", port=free_port())
+            rabbit.start()
+            started.append(rabbit)
+            amqp = rabbit.url
+        yield amqp, database
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+async def _admin(url: str, sql: str) -> None:
+    con = await asyncpg.connect(url)
+    try:
+        await con.execute(sql)
+    finally:
+        await con.close()
+
+
+def _with_database(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+async def measure(database_url: str, request_id: str) -> dict[str, float]:
+    pool = await db.create_pool(database_url, max_size=1)
+    try:
+        rid = uuid.UUID(request_id)
+        events = await pool.fetch(
+            "SELECT stage, status, dataset_id, model_id, evaluation_id, entered_at"
+            " FROM request_timeline WHERE request_id = $1",
+            rid,
+        )
+        req = await pool.fetchrow(
+            "SELECT created_at, finished_at, model_id, evaluation_id FROM training_requests"
+            " WHERE id = $1",
+            rid,
+        )
+        model = await pool.fetchrow(
+            "SELECT train_seconds FROM models WHERE id = $1", req["model_id"]
+        )
+        evaluation = await pool.fetchrow(
+            "SELECT n_images, images_per_second FROM evaluations WHERE id = $1",
+            req["evaluation_id"],
+        )
+    finally:
+        await pool.close()
+    fetch_start = next(e["entered_at"] for e in events if e["stage"] == "fetching")
+    fetch_end = next(e["entered_at"] for e in events if e["dataset_id"] is not None)
+    # Seconds from entering each stage to entering the next one.
+    first = {e["stage"]: e["entered_at"] for e in reversed(events)}
+    seen = list(dict.fromkeys(e["stage"] for e in events))
+    stages = {a: (first[b] - first[a]).total_seconds() for a, b in itertools.pairwise(seen)}
+    scoring = (
+        evaluation["n_images"] / evaluation["images_per_second"]
+        if evaluation and evaluation["images_per_second"]
+        else 0.0
+    )
+    return {
+        "db_seconds": (req["finished_at"] - req["created_at"]).total_seconds(),
+        "fetching": (fetch_end - fetch_start).total_seconds(),
+        "fitting": float(model["train_seconds"] or 0.0),
+        "scoring": scoring,
+        **{f"stage_{k}": v for k, v in stages.items()},
+    }
+
+
+def tiny_request(env: dict[str, str], arch: str) -> tuple[float, dict[str, Any]]:
+    start, end = TRAIN_RANGE
+    argv = [
+        sys.executable, "-m", "shared.cli", "train", "--start-date", start, "--end-date", end,
+        "--arch", arch, "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+        "--no-augment", "--wait", "--json", "--timeout", "900",
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1000)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"request failed ({done.returncode}): {done.stdout}{done.stderr}")
+    return wall, json.loads(done.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="ResNet50")
+    parser.add_argument("--runs", type=int, default=2, help="the first ones warm up")
+    args = parser.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="chouette-bench-"))
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with servers(tmp) as (amqp_url, admin_url):
+        database_url = _with_database(admin_url, name)
+        asyncio.run(_admin(admin_url, f'CREATE DATABASE "{name}"'))
+        stack = Stack(
+            pipeline_env(
+                amqp_url=amqp_url,
+                database_url=database_url,
+                namespace=name,
+                simulator_port=free_port(),
+            ),
+            tmp / "logs",
+        )
+        try:
+            t0 = time.perf_counter()
+            stack.start(("simulator", *SERVICES))
+            stack.wait_ready()
+            print(f"services ready in {time.perf_counter() - t0:.1f}s (not counted)", flush=True)
+            results = []
+            for run in range(1, args.runs + 1):
+                wall, out = tiny_request(stack.env, args.arch)
+                parts = asyncio.run(measure(database_url, out["request_id"]))
+                overhead = wall - parts["fetching"] - parts["fitting"] - parts["scoring"]
+                results.append((wall, overhead, parts))
+                detail = "  ".join(f"{k} {v:.2f}s" for k, v in parts.items())
+                kind = "warm-up" if run < args.runs else "measured"
+                print(
+                    f"run {run} ({kind}): end to end {wall:.2f}s, overhead {overhead:.2f}s;"
+                    f"  {detail}",
+                    flush=True,
+                )
+        except Exception:
+            print(stack.log_tails(40), file=sys.stderr)
+            raise
+        finally:
+            stack.stop()
+            asyncio.run(_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    wall, overhead, parts = results[-1]
+    print(
+        f"{args.arch} 32 px, 1 epoch: end to end {wall:.2f}s = fetching {parts['fetching']:.2f}s"
+        f" + fitting {parts['fitting']:.2f}s + scoring {parts['scoring']:.2f}s"
+        f" + overhead {overhead:.2f}s (target <= {TARGET_S:g}s)"
+    )
+    verdict = {
+        "bench": "overhead",
+        "ratio": round(overhead, 3),
+        "target": 3,
+        "pass": overhead <= TARGET_S,
+    }
+    print(json.dumps(verdict))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""``chouette demo`` (what ``make demo`` runs): from nothing to a result table.
+
+1. local RabbitMQ + PostgreSQL (``shared.local_services``), unless already healthy;
+2. the simulator (unless real API credentials are configured) and the three services,
+   as subprocesses with their logs under ``.chouette/demo-logs/``;
+3. ResNet50V2 trained on two months of images at 64 px for 3 epochs (``--wait`` bars);
+4. the model evaluated on a later date range (the leak-free check);
+5. the result table, then everything it started is stopped again.
+
+Dates default to the simulator's field seasons; with real credentials pass dates that
+exist in your account (``--train-start`` ... ``--eval-end``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from shared.cli.app import FAILED, OK, CommandFailed
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+DEFAULTS = {
+    "arch": "ResNet50V2",
+    "image_size": 64,
+    "epochs": 3,
+    "train": ("2021-04-01", "2021-05-31"),
+    "eval": ("2021-06-01", "2021-07-31"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-services", action="store_true", help="leave RabbitMQ/PG running")
+    parser.add_argument("--arch", default=DEFAULTS["arch"])
+    parser.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
+    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    parser.add_argument("--train-start", default=DEFAULTS["train"][0], metavar="D")
+    parser.add_argument("--train-end", default=DEFAULTS["train"][1], metavar="D")
+    parser.add_argument("--eval-start", default=DEFAULTS["eval"][0], metavar="D")
+    parser.add_argument("--eval-end", default=DEFAULTS["eval"][1], metavar="D")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from shared import local_services
+    from shared.cli.stack import SERVICES, Stack, pipeline_env
+    from shared.local_services import free_port
+    from shared.settings import Settings
+
+    settings = Settings()
+    messages = _messages(args)  # bad dates or architecture: exit 2 before starting anything
+    t0 = time.monotonic()
+    started_servers = False
+    if not all(local_services.status(settings).values()):
+        _say("starting local RabbitMQ and PostgreSQL (.chouette/)")
+        try:
+            local_services.up(settings)
+        except Exception as exc:
+            raise CommandFailed(f"cannot start local services: {exc}") from None
+        started_servers = True
+    real_api = settings.has_api_credentials
+    env = pipeline_env(
+        amqp_url=settings.amqp_url.get_secret_value(),
+        database_url=settings.database_url.get_secret_value(),
+        namespace=settings.broker_namespace,
+        simulator_port=None if real_api else free_port(),
+    )
+    stack = Stack(env, settings.chouette_home.resolve() / "demo-logs")
+    names = SERVICES if real_api else ("simulator", *SERVICES)
+    _say(
+        f"starting {', '.join(names)} ("
+        + (f"real API at {settings.chouette_api_url}" if real_api else "simulated API")
+        + f"; logs in {stack.logdir})"
+    )
+    try:
+        stack.start(names)
+        stack.wait_ready()
+        _say(f"ready after {time.monotonic() - t0:.0f}s")
+        code = asyncio.run(_train_and_evaluate(settings, messages))
+    except Exception:
+        if stack.processes:
+            print(stack.log_tails(30), file=sys.stderr)
+        raise
+    finally:
+        _say("stopping the services")
+        stack.stop()
+        if started_servers and not args.keep_services:
+            _say("stopping local RabbitMQ and PostgreSQL")
+            local_services.down(settings)
+    _say(f"demo finished in {time.monotonic() - t0:.0f}s")
+    return code
+
+
+def _messages(args: argparse.Namespace) -> dict[str, Any]:
+    from shared.cli.parser import build_parser
+    from shared.cli.submit import training_request
+
+    train = build_parser().parse_args(
+        [
+            "train", "--start-date", args.train_start, "--end-date", args.train_end,
+            "--arch", args.arch, "--image-size", str(args.image_size),
+            "--epochs", str(args.epochs),
+        ]
+    )  # fmt: skip
+    evaluate = build_parser().parse_args(
+        ["evaluate", "--model", "1", "--start-date", args.eval_start, "--end-date", args.eval_end]
+    )
+    return {"training": training_request(train), "evaluate_args": evaluate}
+
+
+async def _train_and_evaluate(settings: Settings, messages: dict[str, Any]) -> int:
+    from shared.cli import queries, render
+    from shared.cli.commands import follow_request, open_pool, open_publisher, record_and_publish
+    from shared.cli.follow import Listener
+    from shared.cli.submit import evaluation_request
+
+    training = messages["training"]
+    async with (
+        open_pool(settings) as pool,
+        open_publisher(settings) as publisher,
+        pool.acquire() as con,
+        Listener(con) as listener,
+    ):
+        spec = training.training
+        _say(
+            f"training {spec.architecture} on {training.dataset.start_date}.."
+            f"{training.dataset.end_date} at {spec.image_size} px for {spec.epochs} epochs"
+            f" (request {training.request_id})"
+        )
+        await record_and_publish(pool, publisher, training)
+        req, held_out, _ = await follow_request(
+            listener, training.request_id, render.ProgressView(), 1800
+        )
+        if req["status"] != "succeeded":
+            print(render.request_text(req, held_out))
+            return FAILED
+        model_id = req["model_id"]
+        args = messages["evaluate_args"]
+        args.model = str(model_id)
+        model = await queries.model(pool, model_id)
+        assert model is not None
+        evaluation = evaluation_request(args, tuple(model["class_names"]))
+        _say(
+            f"evaluating model {model_id} on the later range {args.start_date}..{args.end_date}"
+            f" (request {evaluation.request_id})"
+        )
+        await record_and_publish(pool, publisher, evaluation)
+        ereq, later, _ = await follow_request(
+            listener, evaluation.request_id, render.ProgressView(), 900
+        )
+        if ereq["status"] != "succeeded":
+            print(render.request_text(ereq, later))
+            return FAILED
+        print()
+        print(result_table(model, [held_out, later]))
+        for ev in (held_out, later):
+            if ev is not None:
+                print()
+                print(render.evaluation_text(ev))
+        print()
+        print(render.registry_table(await queries.registry(pool, 10)))
+    return OK
+
+
+def result_table(model: dict[str, Any] | None, evaluations: list[dict[str, Any] | None]) -> str:
+    from shared.cli import render
+
+    assert model is not None
+    rows = []
+    for ev in evaluations:
+        if ev is None:
+            continue
+        label = "held-out test split" if ev["split"] == "test" else "later date range"
+        rows.append(
+            (
+                model["model_id"],
+                model["architecture"],
+                label,
+                ev["dataset_id"],
+                ev["n_images"],
+                ev["accuracy"],
+                ev["macro_f1"],
+                ev.get("balanced_accuracy"),
+            )
+        )
+    return render.table(
+        rows,
+        (
+            "model",
+            "network",
+            "evaluated on",
+            "dataset",
+            "images",
+            "accuracy",
+            "macro_f1",
+            "bal_acc",
+        ),
+    )
+
+
+def _say(text: str) -> None:
+    print(f"[demo] {text}", file=sys.stderr, flush=True)
