@@ -1,0 +1,93 @@
+"""The CLI as a user runs it: watch until Ctrl-C, services status, worker by module name."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from shared import db
+from shared.cli.stack import ROOT, port_open
+from shared.local_services import free_port
+from tests.integration.cli import seed
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(*argv: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_watch_runs_until_ctrl_c(db_url: str, pool: db.Pool) -> None:
+    env = {**os.environ, "DATABASE_URL": db_url}
+    watcher = _cli("watch", env=env)
+    assert watcher.stdout is not None
+    header = ""
+    while "watching" not in header:  # the header is printed once LISTEN is in place
+        line = watcher.stdout.readline()
+        assert line, watcher.stderr.read() if watcher.stderr else ""
+        header += line
+    request_id = await seed.request(pool)
+    await db.set_stage(pool, request_id, "fetching", "fetching 1/9")
+    await asyncio.sleep(0.5)
+    watcher.send_signal(signal.SIGINT)
+    out, err = watcher.communicate(timeout=10)
+    assert watcher.returncode == 0, err
+    assert f"{str(request_id)[:8]}  running" in out
+    assert "fetching 1/9" in out
+
+
+def test_services_status_reports_each_server(servers: object) -> None:
+    env = {
+        **os.environ,
+        "AMQP_URL": servers.amqp_url,  # type: ignore[attr-defined]
+        "DATABASE_URL": servers.database_url,  # type: ignore[attr-defined]
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "services", "status"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "down" not in done.stdout
+
+    port = free_port()
+    env.update(
+        {
+            "AMQP_URL": f"amqp://x:x@127.0.0.1:{port}/",
+            "DATABASE_URL": f"postgresql://x:x@127.0.0.1:{port}/x",
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "services", "status"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "down" in done.stdout
+
+
+def test_worker_runs_a_service_by_module_name() -> None:
+    port = free_port()
+    env = {**os.environ, "SIMULATOR_PORT": str(port), "SIMULATOR_HOST": "127.0.0.1"}
+    worker = _cli("worker", "simulator", env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_open(port):
+            assert worker.poll() is None, worker.communicate()[1]
+            assert time.monotonic() < deadline, "the simulator never listened"
+            time.sleep(0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=20)
+    assert worker.returncode == 0
