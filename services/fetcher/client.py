@@ -22,6 +22,7 @@ import base64
 import contextlib
 import datetime as dt
 import email.utils
+import functools
 import hashlib
 import json
 import logging
@@ -74,6 +75,18 @@ class Listing:
 class Download:
     data: bytes
     sha256: str
+
+
+class _ImageName:
+    """``image <link without query>``, built only when a log line or an error needs it."""
+
+    __slots__ = ("url",)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __str__(self) -> str:
+        return f"image {source_key(self.url)}"
 
 
 class _Transient(Exception):
@@ -167,6 +180,7 @@ class ChouetteClient:
         self.api_url = api_url.rstrip("/")
         parts = urlsplit(self.api_url)
         self.host = parts.netloc or self.api_url
+        self._api = URL(self.api_url)
         self._username = username
         self._password = password if isinstance(password, SecretStr) else SecretStr(password)
         if auth not in ("auto", "token", "basic"):
@@ -193,7 +207,10 @@ class ChouetteClient:
         )
         timeout = aiohttp.ClientTimeout(total=fetcher.request_timeout)
         async with aiohttp.ClientSession(
-            connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT}
+            connector=connector,
+            timeout=timeout,
+            headers={"User-Agent": USER_AGENT},
+            cookie_jar=aiohttp.DummyCookieJar(),  # stateless API: no cookie bookkeeping
         ) as session:
             yield cls(
                 session,
@@ -293,7 +310,7 @@ class ChouetteClient:
         ceiling = min(self.settings.backoff_max, self.settings.backoff_base * 2**attempt)
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
-    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(self, what: object, attempt: Callable[[], Awaitable[T]]) -> T:
         attempts = self.settings.max_retries + 1
         for n in range(attempts):
             retry_after = None
@@ -360,26 +377,24 @@ class ChouetteClient:
 
     async def download(self, url: str) -> Download:
         """The bytes of one image; :class:`ImageRejected` for a link that cannot give one."""
-        what = f"image {source_key(url)}"
+        what = _ImageName(url)
         for _ in range(MAX_REDIRECTS + 1):
             self.policy.check(url)
-            headers = await self._auth_headers() if self._same_host(url) else {}
-            result = await self._retrying(what, lambda u=url, h=headers: self._fetch(u, h))
+            # encoded=True: a pre-signed link must reach the server byte for byte.
+            target = URL(url, encoded=True)
+            same_host = (target.host, target.port) == (self._api.host, self._api.port)
+            # Credentials go to the API's own host only, never to an object store.
+            headers = await self._auth_headers() if same_host else {}
+            result = await self._retrying(what, functools.partial(self._fetch, target, headers))
             if isinstance(result, Download):
                 return result
             url = urljoin(url, result)
-        raise ImageRejected("too many redirects", what)
+        raise ImageRejected("too many redirects", str(what))
 
-    def _same_host(self, url: str) -> bool:
-        return urlsplit(url).netloc.lower() == self.host.lower()
-
-    async def _fetch(self, url: str, headers: dict[str, str]) -> Download | str:
+    async def _fetch(self, url: URL, headers: dict[str, str]) -> Download | str:
         """One attempt: the image, or the Location of a redirect (checked by the caller)."""
         limit = self.settings.max_image_bytes
-        # encoded=True: a pre-signed link must reach the server byte for byte.
-        async with self._session.get(
-            URL(url, encoded=True), headers=headers, allow_redirects=False
-        ) as resp:
+        async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
             status = resp.status
             if status in (301, 302, 303, 307, 308):
                 location = resp.headers.get("Location")

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from services.fetcher import store
 from services.fetcher.client import ChouetteClient, ListedImage
 from services.fetcher.split import assign_splits, split_counts
-from services.fetcher.validation import ImageRejected, validate_image
+from services.fetcher.validation import ImageRejected, check_image
 from shared.db import Pool
 from shared.errors import PermanentError, PipelineError
 from shared.messages import DatasetSpec
@@ -122,9 +122,7 @@ class DatasetBuilder:
             nonlocal done
             try:
                 download = await self.client.download(image.url)
-                info = await asyncio.to_thread(
-                    validate_image, download.data, max_pixels=self.settings.max_image_pixels
-                )
+                info = await check_image(download.data, max_pixels=self.settings.max_image_pixels)
                 await store.save_image(
                     self.pool,
                     sha256=download.sha256,
@@ -158,7 +156,7 @@ class DatasetBuilder:
                 elif first_tag != image.tag:  # the same photo under two classes: keep one
                     rejected["listed under two tags"] += 1
 
-        counts = {tag: 0 for tag in spec.tags}
+        counts: dict[str, int] = dict.fromkeys(spec.tags, 0)
         for _, image in manifest:
             counts[image.tag] += 1
         unusable = [tag for tag, n in counts.items() if n == 0]

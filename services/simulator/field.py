@@ -105,6 +105,7 @@ def catalogue(start: dt.date, end: dt.date, tag: str, seed: int) -> Iterator[Fie
         day += dt.timedelta(days=1)
 
 
+@functools.lru_cache(maxsize=8192)
 def lookup(image_id: str, seed: int) -> FieldImage | None:
     """The photo with this id, or None when the catalogue has no such photo."""
     match = _ID.match(image_id)
