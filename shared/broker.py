@@ -161,6 +161,12 @@ class Broker:
             self._inflight.add(task)  # type: ignore[arg-type]
             try:
                 await self._handle(incoming, queue, stage, accepts, handler, on_failure)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Settling failed (connection lost, database down while recording a
+                # failure): the unacked message is redelivered once the channel is back.
+                logger.exception("could not settle a message on %s; it will be redelivered", queue)
             finally:
                 self._inflight.discard(task)  # type: ignore[arg-type]
 
@@ -229,12 +235,22 @@ class Broker:
         on_failure: FailureSink,
     ) -> None:
         """Record the failure, tell watchers, then dead-letter the message."""
-        await on_failure(
-            request_id=request_id, queue=queue, stage=stage, error=error, body=incoming.body
-        )
+        try:
+            await on_failure(
+                request_id=request_id, queue=queue, stage=stage, error=error, body=incoming.body
+            )
+        except Exception:
+            # Without the failure row the user would never learn why: try again later.
+            # RabbitMQ's own x-delivery-limit still bounds the attempts.
+            logger.exception("could not record the failure; requeueing the message")
+            await asyncio.sleep(self.retry_backoff_max)
+            await incoming.nack(requeue=True)
+            return
         if request_id is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.publish(RequestFailed(request_id=request_id, stage=stage, error=error))
+            except Exception:
+                logger.warning("could not publish RequestFailed; the failure row is written")
         await incoming.reject(requeue=False)
 
     # -- stopping ---------------------------------------------------------------------------

@@ -165,9 +165,12 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         row = None
         while time.monotonic() < deadline:
-            row = await self.pool.fetchrow(
-                "SELECT * FROM training_requests WHERE id = $1", request_id
-            )
+            try:
+                row = await self.pool.fetchrow(
+                    "SELECT * FROM training_requests WHERE id = $1", request_id
+                )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                row = None  # the database is being restarted by the test
             if row is not None and row["status"] in final:
                 return row
             await asyncio.sleep(0.5)
@@ -179,7 +182,10 @@ class Pipeline:
         """Poll ``sql`` until it returns a truthy value."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = await self.pool.fetchval(sql, *args)
+            try:
+                value = await self.pool.fetchval(sql, *args)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                value = None
             if value:
                 return value
             await asyncio.sleep(0.3)
