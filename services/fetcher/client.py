@@ -179,7 +179,8 @@ class ChouetteClient:
         self._session = session
         self.api_url = api_url.rstrip("/")
         parts = urlsplit(self.api_url)
-        self.host = parts.netloc or self.api_url
+        # host[:port], never user:password@ even if the URL embeds them.
+        self.host = (parts.hostname or self.api_url) + (f":{parts.port}" if parts.port else "")
         self._api = URL(self.api_url)
         self._username = username
         self._password = password if isinstance(password, SecretStr) else SecretStr(password)
@@ -339,14 +340,25 @@ class ChouetteClient:
         url = self.api_url + LISTING_PATH
         params = {"tag": tag, "start_date": start.isoformat(), "end_date": end.isoformat()}
         what = f"listing of {tag!r} {start}..{end}"
-        headers = await self._auth_headers()
 
-        async def attempt() -> bytes:
+        async def attempt(headers: dict[str, str]) -> bytes:
             async with self._session.get(url, params=params, headers=headers) as resp:
                 self._raise_for_api_status(resp, what)
                 return await resp.read()
 
-        body = await self._retrying(what, attempt)
+        headers = await self._auth_headers()
+        try:
+            body = await self._retrying(what, functools.partial(attempt, headers))
+        except CredentialsRejected:
+            if self.auth_scheme != "Token":
+                raise
+            # A token can expire or be revoked while the service runs: log in again, once.
+            if self._auth_header == headers.get("Authorization"):
+                self._auth_header = None
+            logger.info("token refused by %s; logging in again", self.host)
+            body = await self._retrying(
+                what, functools.partial(attempt, await self._auth_headers())
+            )
         try:
             payload = json.loads(body)
         except ValueError as exc:

@@ -68,8 +68,24 @@ async def test_401_is_credentials_rejected_without_retry(
     simulator.set_faults(unauthorized=True)
     with pytest.raises(CredentialsRejected, match=r"credentials rejected by 127\.0\.0\.1:\d+"):
         await client.list_images("vine", START, END)
-    assert simulator.stats["listing"] == 1
+    # One fresh login in case the token had expired, then it gives up: no loop, no backoff.
+    assert (simulator.stats["login"], simulator.stats["listing"]) == (2, 2)
     assert sleeps.delays == []
+
+
+async def test_expired_token_is_renewed_once(
+    client: ChouetteClient, simulator: SimulatorHandle
+) -> None:
+    assert (await client.list_images("vine", START, END)).images
+    simulator.state.tokens.clear()  # the API forgot (expired, revoked) every token
+    assert (await client.list_images("vine", START, END)).images
+    assert simulator.stats["login"] == 2
+
+
+async def test_host_in_errors_never_shows_url_credentials(simulator: SimulatorHandle) -> None:
+    async with aiohttp.ClientSession() as session:
+        client = ChouetteClient(session, api_url="http://user:pw@127.0.0.1:9", auth="basic")
+        assert client.host == "127.0.0.1:9"
 
 
 async def test_403_is_credentials_rejected(
