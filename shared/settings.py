@@ -90,6 +90,8 @@ class TrainerSettings(BaseSettings):
     weight_part_bytes: int = 4 * 1024 * 1024
     gpu_mixed_precision: bool = True
     gpu_xla: bool = True
+    # Where tf.data caches decoded images ("" = in memory; a directory for large datasets).
+    cache_dir: str = ""
     # Grace period on SIGTERM before the current message is abandoned (redelivered).
     stop_grace_seconds: float = 5.0
 

@@ -1,0 +1,37 @@
+"""``python -m services.trainer``: consume DatasetReady(training), publish ModelReady."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.trainer.handler import TrainerHandler
+from shared.broker import TRAINER, Broker
+from shared.db import Pool
+from shared.messages import DatasetReady
+from shared.runtime import serve
+from shared.settings import Settings, TrainerSettings
+
+
+def make_handler(pool: Pool, broker: Broker, settings: Settings) -> TrainerHandler:
+    from services.trainer.training import configure_accelerator
+
+    trainer = TrainerSettings()
+    accelerator = configure_accelerator(
+        mixed_precision=trainer.gpu_mixed_precision, xla=trainer.gpu_xla
+    )
+    return TrainerHandler(pool=pool, settings=trainer, accelerator=accelerator)
+
+
+async def main() -> None:
+    trainer = TrainerSettings()
+    await serve(
+        TRAINER,
+        (DatasetReady,),
+        make_handler,
+        prefetch=trainer.prefetch,
+        grace=trainer.stop_grace_seconds,
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

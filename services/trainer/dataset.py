@@ -1,0 +1,139 @@
+"""The training input: a split's images (bytes from Postgres) → batched ``tf.data`` pipeline.
+
+    encoded bytes ─map(decode_resize, parallel)─▶ cache ─▶ shuffle(seed) ─▶ batch
+        ─▶ map(augment, parallel) ─▶ prefetch
+
+Decoding is ``shared.images.decode_resize``, the same op the evaluator and
+``chouette predict`` use. Decoded images are cached (in memory, or in files under
+``cache_dir``), so only the first epoch decodes; augmentation runs after the cache, on
+whole batches, so every epoch sees new variants. Labels are class indices in the
+order of the model's class names; :func:`class_weights` balances imbalanced classes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shared.images import image_dataset, tf_decodable
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+logger = logging.getLogger(__name__)
+
+# Strengths of the augmentations (fractions of a full turn / of the size / of the contrast).
+ROTATION = 0.04
+ZOOM = 0.15
+CONTRAST = 0.2
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split's encoded images and their class indices, in a fixed order."""
+
+    images: list[bytes]
+    labels: np.ndarray  # int32, one per image
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @classmethod
+    def from_rows(
+        cls, rows: Sequence[tuple[bytes, str, str | None]], class_names: Sequence[str]
+    ) -> Split:
+        """``rows`` of (bytes, tag, format) → a split; formats TF cannot read become PNG."""
+        index = {name: i for i, name in enumerate(class_names)}
+        images = [tf_decodable(data, fmt) for data, _, fmt in rows]
+        labels = np.array([index[tag] for _, tag, _ in rows], dtype=np.int32)
+        return cls(images, labels)
+
+    def counts(self, n_classes: int) -> list[int]:
+        found = Counter(int(y) for y in self.labels)
+        return [found.get(i, 0) for i in range(n_classes)]
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """``n / (k * count_c)`` for the k classes present (1.0 for absent ones, never used)."""
+    counts = Counter(int(y) for y in labels)
+    present = [c for c in range(n_classes) if counts.get(c)]
+    total = sum(counts.values())
+    return {
+        c: (total / (len(present) * counts[c]) if counts.get(c) else 1.0) for c in range(n_classes)
+    }
+
+
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_images / batch_size))
+
+
+def make_augmenter(seed: int) -> Any:
+    """Flip, rotation, zoom and contrast (Keras preprocessing layers, seeded)."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(ROTATION, fill_mode="reflect", seed=seed + 1),
+            keras.layers.RandomZoom((-ZOOM, ZOOM), fill_mode="reflect", seed=seed + 2),
+            keras.layers.RandomContrast(CONTRAST, value_range=(0, 255), seed=seed + 3),
+        ],
+        name="augment",
+    )
+
+
+def _cached(ds: tf.data.Dataset, cache_dir: str, name: str) -> tf.data.Dataset:
+    if not cache_dir:
+        return ds.cache()
+    import os
+
+    os.makedirs(cache_dir, exist_ok=True)
+    return ds.cache(os.path.join(cache_dir, name))
+
+
+def training_dataset(
+    split: Split,
+    image_size: int,
+    batch_size: int,
+    *,
+    augment: bool,
+    seed: int,
+    cache_dir: str = "",
+    cache_name: str = "train",
+) -> tf.data.Dataset:
+    """Decoded, cached, shuffled (seeded, new order each epoch), batched, augmented."""
+    import tensorflow as tf
+
+    ds = image_dataset(split.images, split.labels, image_size)
+    ds = _cached(ds, cache_dir, cache_name)
+    ds = ds.shuffle(max(1, len(split)), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if augment:
+        augmenter = make_augmenter(seed)
+        ds = ds.map(
+            lambda x, y: (augmenter(x, training=True), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_dataset(
+    split: Split,
+    image_size: int,
+    batch_size: int,
+    *,
+    cache_dir: str = "",
+    cache_name: str = "val",
+) -> tf.data.Dataset:
+    """Decoded, cached, batched, in order: for validation and BatchNorm re-estimation."""
+    import tensorflow as tf
+
+    ds = image_dataset(split.images, split.labels, image_size)
+    ds = _cached(ds, cache_dir, cache_name)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,259 @@
+"""DatasetReady(training) → a trained model in Postgres → ModelReady.
+
+    find the request's model ── trained already? ──▶ re-emit ModelReady
+      │ no
+    load the train/val splits, check them (clear PermanentError when unusable)
+    model row (one per request) ─▶ discard epochs after the last checkpoint
+    train in a worker thread (resumes after the checkpoint; epoch rows + checkpoints
+      committed by the Recorder on this loop; the AMQP heartbeat keeps flowing)
+    one transaction: weights parts + registry row (status trained) + progress
+    return ModelReady (the broker publishes it, then acks)
+
+On cancellation (SIGTERM after the grace period) the stop flag makes the training thread
+leave at the next batch, the message stays unacked and is redelivered: the next
+delivery resumes after the last committed epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from services.trainer import store
+from services.trainer.dataset import Split
+from services.trainer.recorder import LoopBridge, Recorder
+from services.trainer.training import (
+    Accelerator,
+    Hooks,
+    Job,
+    Outcome,
+    TrainingAbandoned,
+    configure_accelerator,
+    train,
+)
+from shared import db, weight_store
+from shared.errors import InvalidMessage, PermanentError, RetryableError
+from shared.messages import DatasetReady, ModelReady, TrainingParams
+from shared.modeling import ModelSpec, library_versions
+from shared.settings import TrainerSettings
+
+logger = logging.getLogger(__name__)
+
+STAGE = "training"
+
+TrainFn = Callable[[Job, Hooks, threading.Event], Outcome]
+
+
+@dataclass
+class TrainerHandler:
+    """``await handler(DatasetReady)`` → :class:`ModelReady`; idempotent per request id."""
+
+    pool: db.Pool
+    settings: TrainerSettings = field(default_factory=TrainerSettings)
+    accelerator: Accelerator | None = None
+    run: TrainFn = train
+
+    async def __call__(self, msg: DatasetReady) -> ModelReady:
+        if msg.purpose != "training" or msg.training is None:
+            raise InvalidMessage("the trainer takes DatasetReady messages for training")
+        started = time.monotonic()
+        params = msg.training
+        await db.ensure_request(
+            self.pool,
+            msg.request_id,
+            "training",
+            {"dataset_id": msg.dataset_id, "training": params.model_dump(mode="json")},
+        )
+        done = await self._already_trained(msg)
+        if done is not None:
+            return done
+
+        spec, train_split, val_split = await self._load(msg.dataset_id, params)
+        versions = library_versions()
+        hyperparams = params.model_dump(mode="json")
+        model_row = await store.find_or_create_model(
+            self.pool, msg.request_id, msg.dataset_id, spec, hyperparams, versions
+        )
+        model_id = model_row.id
+        try:
+            if model_row.status != "training":
+                await store.reopen_model(self.pool, model_id)
+            async with self.pool.acquire() as con, con.transaction():
+                await store.discard_epochs_after(con, model_id, model_row.checkpoint_epoch)
+                history = await store.finished_epochs(con, model_id, model_row.checkpoint_epoch)
+            await db.set_stage(
+                self.pool,
+                msg.request_id,
+                STAGE,
+                f"training {model_row.checkpoint_epoch}/{params.epochs}",
+                dataset_id=msg.dataset_id,
+                model_id=model_id,
+            )
+            accelerator = self.accelerator or configure_accelerator(
+                mixed_precision=self.settings.gpu_mixed_precision, xla=self.settings.gpu_xla
+            )
+            job = Job(
+                spec=spec,
+                params=params,
+                train=train_split,
+                val=val_split,
+                history=history,
+                checkpoint_epoch=model_row.checkpoint_epoch,
+                max_seconds=max(0.0, self.settings.max_seconds - (time.monotonic() - started)),
+                cache_dir=self.settings.cache_dir,
+                accelerator=accelerator,
+            )
+            if model_row.checkpoint_epoch:
+                logger.info(
+                    "model %d: resuming after epoch %d of %d",
+                    model_id, model_row.checkpoint_epoch, params.epochs,
+                )  # fmt: skip
+            outcome = await self._train_in_thread(job, msg, model_id)
+            await self._finish(msg, model_id, outcome, hyperparams, versions)
+        except PermanentError:
+            await store.mark_failed(self.pool, model_id)
+            raise
+        logger.info(
+            "model %d trained: best epoch %d, %s, %.0f s",
+            model_id, outcome.best_epoch, outcome.final_metrics, outcome.train_seconds,
+        )  # fmt: skip
+        return ModelReady(request_id=msg.request_id, model_id=model_id, dataset_id=msg.dataset_id)
+
+    async def _already_trained(self, msg: DatasetReady) -> ModelReady | None:
+        model_id = await store.trained_model_id(self.pool, msg.request_id)
+        if model_id is None:
+            return None
+        logger.info("model %d already trained for this request: re-emitting ModelReady", model_id)
+        await db.set_stage(
+            self.pool, msg.request_id, STAGE, "trained", dataset_id=msg.dataset_id,
+            model_id=model_id,
+        )  # fmt: skip
+        return ModelReady(request_id=msg.request_id, model_id=model_id, dataset_id=msg.dataset_id)
+
+    async def _load(
+        self, dataset_id: int, params: TrainingParams
+    ) -> tuple[ModelSpec, Split, Split]:
+        info = await store.dataset(self.pool, dataset_id)
+        if info is None:
+            raise PermanentError(f"dataset {dataset_id} does not exist")
+        if len(info.tags) < 2:
+            raise PermanentError(
+                f"dataset {dataset_id} has a single class ({', '.join(info.tags)}); "
+                "a classifier needs at least two"
+            )
+        try:
+            spec = ModelSpec(
+                architecture=params.architecture,
+                image_size=params.image_size,
+                class_names=info.tags,
+                dropout=params.dropout,
+                weights=params.weights,
+            )
+        except ValidationError as exc:
+            raise PermanentError(f"dataset {dataset_id}: {exc.errors()[0]['msg']}") from exc
+        train_rows = await store.split_images(self.pool, dataset_id, "train")
+        val_rows = await store.split_images(self.pool, dataset_id, "val")
+        train_split = await asyncio.to_thread(Split.from_rows, train_rows, spec.class_names)
+        val_split = await asyncio.to_thread(Split.from_rows, val_rows, spec.class_names)
+        check_splits(dataset_id, train_split, val_split, spec, self.settings.min_train_images)
+        return spec, train_split, val_split
+
+    async def _train_in_thread(self, job: Job, msg: DatasetReady, model_id: int) -> Outcome:
+        stop = threading.Event()
+        recorder = Recorder(
+            pool=self.pool,
+            bridge=LoopBridge(asyncio.get_running_loop(), stop),
+            request_id=msg.request_id,
+            model_id=model_id,
+            epochs=job.params.epochs,
+            part_bytes=self.settings.weight_part_bytes,
+        )
+        task = asyncio.ensure_future(asyncio.to_thread(self.run, job, recorder, stop))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # Abandoned (shutdown): the thread leaves at its next batch; nothing is acked.
+            stop.set()
+            logger.warning(
+                "model %d: training abandoned; the request will be redelivered", model_id
+            )
+            try:
+                await asyncio.wait({task}, timeout=self.settings.stop_grace_seconds)
+            finally:
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: an abandoned run's error is expected
+            raise
+        except TrainingAbandoned as exc:
+            raise RetryableError(f"training interrupted: {exc}") from exc
+
+    async def _finish(
+        self,
+        msg: DatasetReady,
+        model_id: int,
+        outcome: Outcome,
+        hyperparams: dict[str, Any],
+        versions: dict[str, str],
+    ) -> None:
+        extra = {
+            "bn_momentum": round(outcome.bn_momentum, 4),
+            "bn_recalibrated_layers": outcome.recalibrated_layers,
+            "class_weights": {str(k): round(v, 4) for k, v in outcome.class_weights.items()},
+        }
+        last = outcome.history[-1].epoch
+        async with self.pool.acquire() as con, con.transaction():
+            sha, nbytes = await weight_store.store_weights(
+                con, model_id, outcome.model, self.settings.weight_part_bytes
+            )
+            await store.finish_model(
+                con,
+                model_id,
+                sha256=sha,
+                nbytes=nbytes,
+                hyperparams={**hyperparams, **extra},
+                library_versions=versions,
+                train_seconds=outcome.train_seconds,
+                images_per_second=outcome.images_per_second,
+                best_epoch=outcome.best_epoch,
+                final_metrics=outcome.final_metrics,
+            )
+            await weight_store.delete_checkpoints(con, model_id)
+            await db.set_stage(
+                con, msg.request_id, STAGE, f"training {last}/{msg.training.epochs}",  # type: ignore[union-attr]
+                dataset_id=msg.dataset_id, model_id=model_id,
+            )  # fmt: skip
+
+
+def check_splits(
+    dataset_id: int, train_split: Split, val_split: Split, spec: ModelSpec, min_images: int
+) -> None:
+    """Clear, permanent reasons why a dataset cannot train a model."""
+    if len(train_split) < min_images:
+        raise PermanentError(
+            f"dataset {dataset_id} has {len(train_split)} training images; "
+            f"at least {min_images} are needed"
+        )
+    counts = train_split.counts(len(spec.class_names))
+    present = [name for name, n in zip(spec.class_names, counts, strict=True) if n]
+    if len(present) < 2:
+        raise PermanentError(
+            f"dataset {dataset_id}'s training images are all of one class "
+            f"({', '.join(present)}); at least two classes are needed"
+        )
+    missing = [name for name, n in zip(spec.class_names, counts, strict=True) if not n]
+    if missing:
+        logger.warning(
+            "dataset %d has no training images of %s: the model cannot learn them",
+            dataset_id, ", ".join(missing),
+        )  # fmt: skip
+    if not len(val_split):
+        logger.warning(
+            "dataset %d has no validation images: early stopping watches the training loss",
+            dataset_id,
+        )

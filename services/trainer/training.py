@@ -1,0 +1,471 @@
+"""The training loop: blocking, run in a worker thread, reporting through :class:`Hooks`.
+
+    build model (spec) ─▶ BatchNorm momentum for the epoch length ─▶ compile
+      ─▶ restore the last checkpoint (resume) ─▶ fit, phase by phase (frozen base, then all)
+           each epoch end: hooks.epoch_end (row + checkpoint + progress, one transaction)
+           each batch end: stop flag (SIGTERM) and the hard time limit
+      ─▶ restore the best epoch's weights ─▶ re-estimate BatchNorm statistics ─▶ Outcome
+
+Nothing here touches the database or the event loop: :class:`Hooks` does, from this
+thread, through ``asyncio.run_coroutine_threadsafe`` (``services/trainer/recorder.py``).
+
+BatchNorm: trained from scratch on a few hundred images, a ResNet's moving statistics
+lag behind its weights at Keras' default momentum (0.99 needs ~300 steps), so inference
+mode predicts nearly one class. Two remedies, both applied: the momentum is set so the
+statistics settle within an epoch (validation, hence early stopping, sees sensible
+numbers), and after training the statistics are re-estimated exactly, as the average of
+the training-mode batch statistics over the whole training split ("precise BN").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from services.trainer.dataset import (
+    Split,
+    class_weights,
+    evaluation_dataset,
+    steps_per_epoch,
+    training_dataset,
+)
+from shared.errors import PermanentError
+from shared.messages import TrainingParams
+from shared.modeling import (
+    ModelSpec,
+    base_of,
+    batchnorm_layers,
+    build_model,
+    momentum_for_steps,
+    set_batchnorm_momentum,
+)
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingAbandoned(Exception):
+    """The stop flag was set (SIGTERM): leave the message unacked; it will be redelivered."""
+
+
+class _TimeUp(Exception):
+    """The hard time limit was reached in the middle of an epoch."""
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """One finished epoch (1-based), as written to ``training_epochs``."""
+
+    epoch: int
+    loss: float | None
+    accuracy: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+    learning_rate: float | None
+    seconds: float
+    images: int
+
+    def monitored(self, monitor: str) -> float:
+        value = getattr(self, monitor)
+        return math.inf if value is None or not math.isfinite(value) else float(value)
+
+
+class Hooks(Protocol):
+    """What the loop reports; called from the training thread, may block."""
+
+    def restore(self, model: keras.Model, optimizer_variables: Sequence[Any], epoch: int) -> bool:
+        """Load the checkpoint of ``epoch``; True when the optimizer state was restored."""
+
+    def epoch_end(
+        self,
+        result: EpochResult,
+        model: keras.Model,
+        optimizer_variables: Sequence[Any],
+        best_epoch: int,
+    ) -> None:
+        """Record the epoch and its checkpoint (keeping ``best_epoch``'s) in one commit."""
+
+    def load_best(self, model: keras.Model, epoch: int) -> None:
+        """Load the weights of ``epoch``'s checkpoint (to end on the best epoch)."""
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """How to train on this machine (see :func:`configure_accelerator`)."""
+
+    strategy: Any = None
+    jit_compile: bool = False
+    mixed_precision: bool = False
+    n_gpus: int = 0
+
+
+_ACCELERATOR: Accelerator | None = None
+
+
+def configure_accelerator(*, mixed_precision: bool = True, xla: bool = True) -> Accelerator:
+    """Mixed precision and XLA when a GPU is present; MirroredStrategy with several.
+
+    Process-wide (the Keras dtype policy is global); the first call decides.
+    """
+    global _ACCELERATOR
+    if _ACCELERATOR is not None:
+        return _ACCELERATOR
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError):  # already initialised
+            pass
+    use_mp = bool(gpus) and mixed_precision
+    if use_mp:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    _ACCELERATOR = Accelerator(
+        strategy=strategy, jit_compile=bool(gpus) and xla, mixed_precision=use_mp, n_gpus=len(gpus)
+    )
+    logger.info(
+        "accelerator: %d GPU(s), mixed precision %s, XLA %s, strategy %s",
+        len(gpus), use_mp, _ACCELERATOR.jit_compile, type(strategy).__name__,
+    )  # fmt: skip
+    return _ACCELERATOR
+
+
+@dataclass
+class Job:
+    """Everything one training needs; built by the handler, run by :func:`train`."""
+
+    spec: ModelSpec
+    params: TrainingParams
+    train: Split
+    val: Split
+    # Epochs finished by earlier deliveries (from training_epochs), and the last checkpoint.
+    history: list[EpochResult] = field(default_factory=list)
+    checkpoint_epoch: int = 0
+    max_seconds: float = math.inf
+    cache_dir: str = ""
+    accelerator: Accelerator = field(default_factory=Accelerator)
+
+
+@dataclass
+class Outcome:
+    model: keras.Model
+    history: list[EpochResult]
+    best_epoch: int
+    stopped: str  # "epochs" | "early_stopping" | "time_limit"
+    bn_momentum: float
+    recalibrated_layers: int
+    final_metrics: dict[str, float | int | str | None]
+    class_weights: dict[int, float]
+
+    @property
+    def train_seconds(self) -> float:
+        return float(sum(r.seconds for r in self.history))
+
+    @property
+    def images_per_second(self) -> float | None:
+        seconds = self.train_seconds
+        return sum(r.images for r in self.history) / seconds if seconds > 0 else None
+
+
+def make_optimizer(name: str, learning_rate: float) -> Any:
+    import keras
+
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate)
+    if name == "adagrad":
+        return keras.optimizers.Adagrad(learning_rate)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def frozen_epochs(params: TrainingParams) -> int:
+    """Epochs with a frozen base: only meaningful on top of pretrained weights."""
+    return params.freeze_epochs if params.weights != "none" else 0
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    result = float(value)
+    return result if math.isfinite(result) else None
+
+
+def _learning_rate(model: keras.Model) -> float | None:
+    import keras
+
+    try:
+        return _float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    except Exception:  # a schedule or an exotic optimizer: not worth failing over
+        return None
+
+
+def _make_callback(loop: _Loop) -> Any:
+    """A Keras callback forwarding to ``loop``: epoch timing, limits per batch, epoch ends."""
+    import keras
+
+    class EpochCallback(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            loop.epoch_started = time.monotonic()
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            loop.check_limits()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            loop.epoch_finished(epoch + 1, logs or {})
+
+    return EpochCallback()
+
+
+class _Loop:
+    """State of one :func:`train` call, shared with its Keras callback."""
+
+    def __init__(self, job: Job, hooks: Hooks, stop: threading.Event) -> None:
+        self.job = job
+        self.hooks = hooks
+        self.stop = stop
+        self.deadline = time.monotonic() + job.max_seconds
+        self.history = list(job.history)
+        self.monitor = "val_loss" if len(job.val) else "loss"
+        self.best_epoch, self.best_value = 0, math.inf
+        for row in self.history:
+            if row.monitored(self.monitor) < self.best_value:
+                self.best_epoch, self.best_value = row.epoch, row.monitored(self.monitor)
+        self.epoch_started = time.monotonic()
+        self.timed_out = False
+        self.model: keras.Model | None = None
+
+    @property
+    def last_epoch(self) -> int:
+        return self.history[-1].epoch if self.history else 0
+
+    @property
+    def patience_exhausted(self) -> bool:
+        waited = self.last_epoch - self.best_epoch
+        return self.best_epoch > 0 and waited >= self.job.params.early_stopping_patience
+
+    def check_limits(self) -> None:
+        if self.stop.is_set():
+            raise TrainingAbandoned("stop requested")
+        if time.monotonic() > self.deadline:
+            self.timed_out = True
+            raise _TimeUp
+
+    def epoch_finished(self, epoch: int, logs: dict[str, Any]) -> None:
+        assert self.model is not None
+        if self.stop.is_set():
+            raise TrainingAbandoned("stop requested")
+        result = EpochResult(
+            epoch=epoch,
+            loss=_float(logs.get("loss")),
+            accuracy=_float(logs.get("accuracy")),
+            val_loss=_float(logs.get("val_loss")),
+            val_accuracy=_float(logs.get("val_accuracy")),
+            learning_rate=_learning_rate(self.model),
+            seconds=time.monotonic() - self.epoch_started,
+            images=len(self.job.train),
+        )
+        if result.monitored(self.monitor) < self.best_value:
+            self.best_epoch, self.best_value = epoch, result.monitored(self.monitor)
+        self.history.append(result)
+        self.hooks.epoch_end(result, self.model, self.model.optimizer.variables, self.best_epoch)
+        logger.info(
+            "epoch %d/%d: loss %.4f, val_loss %s, val_accuracy %s (%.1fs)",
+            epoch, self.job.params.epochs, result.loss or float("nan"),
+            _fmt(result.val_loss), _fmt(result.val_accuracy), result.seconds,
+        )  # fmt: skip
+        if self.patience_exhausted or time.monotonic() > self.deadline:
+            self.model.stop_training = True
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _compile(model: keras.Model, job: Job) -> None:
+    model.compile(
+        optimizer=make_optimizer(job.params.optimizer, job.params.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=job.accelerator.jit_compile,
+    )
+    # Build the optimizer now so a checkpoint's optimizer state can be loaded into it.
+    model.optimizer.build(model.trainable_variables)
+
+
+def recalibrate_batchnorm(model: keras.Model, dataset: Any) -> int:
+    """Set every trainable BatchNorm layer's moving statistics to the average batch statistics.
+
+    Runs the model in training mode over ``dataset`` with momentum 0, so after each batch
+    the moving statistics *are* that batch's, and averages them weighted by batch size.
+    Weights are not changed. Returns the number of layers re-estimated.
+    """
+    import tensorflow as tf
+
+    layers = [layer for layer in batchnorm_layers(model) if layer.trainable]
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    sums = [
+        [np.zeros(layer.moving_mean.shape, np.float64) for layer in layers],
+        [np.zeros(layer.moving_variance.shape, np.float64) for layer in layers],
+    ]
+    seen = 0
+    try:
+        for layer in layers:
+            layer.momentum = 0.0
+        forward = tf.function(lambda x: model(x, training=True))  # traced with momentum 0
+        for batch in dataset:
+            images = batch[0] if isinstance(batch, tuple | list) else batch
+            n = int(images.shape[0])
+            forward(images)
+            for i, layer in enumerate(layers):
+                sums[0][i] += n * np.asarray(layer.moving_mean.numpy(), np.float64)
+                sums[1][i] += n * np.asarray(layer.moving_variance.numpy(), np.float64)
+            seen += n
+        if seen:
+            for i, layer in enumerate(layers):
+                layer.moving_mean.assign((sums[0][i] / seen).astype(np.float32))
+                layer.moving_variance.assign((sums[1][i] / seen).astype(np.float32))
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    return len(layers) if seen else 0
+
+
+def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
+    """Train ``job`` (resuming after ``job.checkpoint_epoch``); blocking, for a worker thread.
+
+    Raises :class:`TrainingAbandoned` when ``stop`` is set, :class:`PermanentError` when
+    no epoch finished within the time limit.
+    """
+    import keras
+
+    params, spec = job.params, job.spec
+    keras.utils.set_random_seed(params.seed)
+    n_classes = len(spec.class_names)
+    weights = class_weights(job.train.labels, n_classes)
+    batch_size = min(params.batch_size, len(job.train))
+    steps = steps_per_epoch(len(job.train), batch_size)
+    momentum = momentum_for_steps(steps)
+    train_ds = training_dataset(
+        job.train, spec.image_size, batch_size, augment=params.augment, seed=params.seed,
+        cache_dir=job.cache_dir,
+    )  # fmt: skip
+    val_ds = (
+        evaluation_dataset(job.val, spec.image_size, batch_size, cache_dir=job.cache_dir)
+        if len(job.val)
+        else None
+    )
+    loop = _Loop(job, hooks, stop)
+    freeze = frozen_epochs(params)
+    resuming = job.checkpoint_epoch > 0
+    # A resumed model gets all its weights from the checkpoint: no need for the initial ones.
+    build_spec = spec.model_copy(update={"weights": "none"}) if resuming else spec
+    with job.accelerator.strategy.scope():
+        model = build_model(build_spec)
+        set_batchnorm_momentum(model, momentum)
+        base_of(model).trainable = loop.last_epoch >= freeze
+        _compile(model, job)
+    loop.model = model
+    if resuming:
+        restored = hooks.restore(model, model.optimizer.variables, job.checkpoint_epoch)
+        logger.info(
+            "resumed after epoch %d (optimizer state %s)",
+            job.checkpoint_epoch, "restored" if restored else "fresh",
+        )  # fmt: skip
+    logger.info(
+        "training %s at %d px on %d images (%d val), %d steps/epoch, BatchNorm momentum %.3f",
+        spec.architecture, spec.image_size, len(job.train), len(job.val), steps, momentum,
+    )  # fmt: skip
+
+    callback = _make_callback(loop)
+    stopped = "epochs"
+    dirty = False
+    try:
+        for phase_end, trainable in ((min(freeze, params.epochs), False), (params.epochs, True)):
+            if loop.last_epoch >= phase_end:
+                continue
+            if loop.patience_exhausted:
+                break
+            base = base_of(model)
+            if base.trainable != trainable:
+                base.trainable = trainable
+                _compile(model, job)  # a new optimizer for the new set of trainable weights
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=phase_end,
+                initial_epoch=loop.last_epoch,
+                class_weight=weights,
+                callbacks=[callback],
+                verbose=0,
+            )
+            if loop.patience_exhausted or time.monotonic() > loop.deadline:
+                break
+    except _TimeUp:
+        # The interrupted epoch changed the weights after its last checkpoint.
+        dirty = True
+    if loop.timed_out or (time.monotonic() > loop.deadline and loop.last_epoch < params.epochs):
+        stopped = "time_limit"
+    elif loop.patience_exhausted and loop.last_epoch < params.epochs:
+        stopped = "early_stopping"
+    if not loop.history:
+        raise PermanentError(
+            f"no epoch finished within the time limit of {job.max_seconds:.0f} s "
+            "(TRAINER_MAX_SECONDS); use fewer images, a smaller network or image size"
+        )
+    if stop.is_set():
+        raise TrainingAbandoned("stop requested")
+
+    best = loop.best_epoch or loop.last_epoch
+    if best != loop.last_epoch or dirty:
+        hooks.load_best(model, best)
+        logger.info("restored the weights of epoch %d (best %s)", best, loop.monitor)
+    recalibrated = 0
+    if base_of(model).trainable:  # the base was trained in at least one epoch
+        stats_ds = evaluation_dataset(
+            job.train, spec.image_size, batch_size, cache_dir=job.cache_dir, cache_name="stats"
+        )
+        recalibrated = recalibrate_batchnorm(model, stats_ds)
+    final = _final_metrics(model, loop, best, val_ds)
+    return Outcome(
+        model=model,
+        history=loop.history,
+        best_epoch=best,
+        stopped=stopped,
+        bn_momentum=momentum,
+        recalibrated_layers=recalibrated,
+        final_metrics={**final, "stopped": stopped, "epochs_run": loop.last_epoch},
+        class_weights=weights,
+    )
+
+
+def _final_metrics(
+    model: keras.Model, loop: _Loop, best: int, val_ds: Any
+) -> dict[str, float | int | str | None]:
+    """The best epoch's metrics, and the final model's validation metrics in inference mode."""
+    row = next(r for r in loop.history if r.epoch == best)
+    metrics: dict[str, float | int | str | None] = {
+        "loss": row.loss,
+        "accuracy": row.accuracy,
+        "val_loss": row.val_loss,
+        "val_accuracy": row.val_accuracy,
+    }
+    if val_ds is not None:
+        values = model.evaluate(val_ds, verbose=0, return_dict=True)
+        metrics["final_val_loss"] = _float(values.get("loss"))
+        metrics["final_val_accuracy"] = _float(values.get("accuracy"))
+    return metrics
