@@ -12,8 +12,11 @@ sends tiny training requests (32 px, 1 epoch, one week of images) with ``chouett
 - fetching: from the fetcher taking the request to the dataset being recorded;
 - fitting: the trainer's own ``model.fit`` time (``models.train_seconds``);
 - scoring: the evaluator's scoring time (``n_images / images_per_second``);
-- overhead = end to end - fetching - fitting - scoring: CLI start-up, messaging, database
-  bookkeeping, building the network, storing and loading the weights.
+- overhead = end to end - fetching - fitting - scoring, split into: ``cli`` (start-up,
+  connect, publish, final read), ``to_fetcher`` / ``to_trainer`` (messaging and pick-up),
+  ``trainer_setup`` (loading the dataset, building the network), ``trainer_rest``
+  (per-epoch checkpoints, BatchNorm re-estimation, storing the weights, ModelReady) and
+  ``evaluator_rest`` (loading the weights back, decoding, recording the evaluation).
 
 The first run warms the services up (first TensorFlow graph traces); the last run is the
 measured one. Last line: ``{"bench": "overhead", "ratio": <seconds>, "target": 3, "pass": ...}``
@@ -25,7 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
+import datetime as dt
 import json
 import os
 import subprocess
@@ -86,12 +89,12 @@ def _with_database(url: str, name: str) -> str:
 
 
 async def measure(database_url: str, request_id: str) -> dict[str, float]:
+    """Work (fetching, fitting, scoring) and where the rest of the request's time went."""
     pool = await db.create_pool(database_url, max_size=1)
     try:
         rid = uuid.UUID(request_id)
         events = await pool.fetch(
-            "SELECT stage, status, dataset_id, model_id, evaluation_id, entered_at"
-            " FROM request_timeline WHERE request_id = $1",
+            "SELECT stage, dataset_id, entered_at FROM request_timeline WHERE request_id = $1",
             rid,
         )
         req = await pool.fetchrow(
@@ -102,29 +105,49 @@ async def measure(database_url: str, request_id: str) -> dict[str, float]:
         model = await pool.fetchrow(
             "SELECT train_seconds FROM models WHERE id = $1", req["model_id"]
         )
+        first_epoch = await pool.fetchrow(
+            "SELECT created_at, seconds FROM training_epochs WHERE model_id = $1"
+            " ORDER BY epoch LIMIT 1",
+            req["model_id"],
+        )
         evaluation = await pool.fetchrow(
             "SELECT n_images, images_per_second FROM evaluations WHERE id = $1",
             req["evaluation_id"],
         )
     finally:
         await pool.close()
-    fetch_start = next(e["entered_at"] for e in events if e["stage"] == "fetching")
+
+    def entered(stage: str) -> Any:
+        return next(e["entered_at"] for e in events if e["stage"] == stage)
+
+    def seconds(a: Any, b: Any) -> float:
+        return float((b - a).total_seconds())
+
+    fetch_start, training, evaluating = (
+        entered("fetching"),
+        entered("training"),
+        entered("evaluating"),
+    )
     fetch_end = next(e["entered_at"] for e in events if e["dataset_id"] is not None)
-    # Seconds from entering each stage to entering the next one.
-    first = {e["stage"]: e["entered_at"] for e in reversed(events)}
-    seen = list(dict.fromkeys(e["stage"] for e in events))
-    stages = {a: (first[b] - first[a]).total_seconds() for a, b in itertools.pairwise(seen)}
+    fitting = float(model["train_seconds"] or 0.0)
+    # Epoch rows are written when an epoch ends (created_at: start of that commit).
+    fit_start = first_epoch["created_at"] - dt.timedelta(seconds=first_epoch["seconds"] or 0)
     scoring = (
         evaluation["n_images"] / evaluation["images_per_second"]
         if evaluation and evaluation["images_per_second"]
         else 0.0
     )
     return {
-        "db_seconds": (req["finished_at"] - req["created_at"]).total_seconds(),
-        "fetching": (fetch_end - fetch_start).total_seconds(),
-        "fitting": float(model["train_seconds"] or 0.0),
+        "fetching": seconds(fetch_start, fetch_end),
+        "fitting": fitting,
         "scoring": scoring,
-        **{f"stage_{k}": v for k, v in stages.items()},
+        "request": seconds(req["created_at"], req["finished_at"]),
+        # The overhead, in the order a request meets it:
+        "to_fetcher": seconds(req["created_at"], fetch_start),
+        "to_trainer": seconds(fetch_end, training),
+        "trainer_setup": seconds(training, fit_start),
+        "trainer_rest": seconds(fit_start, evaluating) - fitting,
+        "evaluator_rest": seconds(evaluating, req["finished_at"]) - scoring,
     }
 
 
@@ -173,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 wall, out = tiny_request(stack.env, args.arch)
                 parts = asyncio.run(measure(database_url, out["request_id"]))
                 overhead = wall - parts["fetching"] - parts["fitting"] - parts["scoring"]
+                parts["cli"] = wall - parts["request"]
                 results.append((wall, overhead, parts))
                 detail = "  ".join(f"{k} {v:.2f}s" for k, v in parts.items())
                 kind = "warm-up" if run < args.runs else "measured"
@@ -188,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop()
             asyncio.run(_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     wall, overhead, parts = results[-1]
+    plumbing = parts["cli"] + parts["to_fetcher"] + parts["to_trainer"]
+    heavy = parts["trainer_setup"] + parts["trainer_rest"] + parts["evaluator_rest"]
+    print(
+        f"overhead {overhead:.2f}s = CLI + messaging {plumbing:.2f}s"
+        f" + network build, checkpoints, weights store/load, recording {heavy:.2f}s"
+    )
     print(
         f"{args.arch} 32 px, 1 epoch: end to end {wall:.2f}s = fetching {parts['fetching']:.2f}s"
         f" + fitting {parts['fitting']:.2f}s + scoring {parts['scoring']:.2f}s"

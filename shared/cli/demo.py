@@ -203,3 +203,14 @@ def result_table(model: dict[str, Any] | None, evaluations: list[dict[str, Any] 
 
 def _say(text: str) -> None:
     print(f"[demo] {text}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m shared.cli.demo [FLAGS]`` (``make demo``) is ``chouette demo [FLAGS]``."""
+    from shared.cli import main as chouette
+
+    return chouette(["demo", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
