@@ -24,24 +24,21 @@ from shared.cli.app import FAILED, OK, CommandFailed
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-DEFAULTS = {
-    "arch": "ResNet50V2",
-    "image_size": 64,
-    "epochs": 3,
-    "train": ("2021-04-01", "2021-05-31"),
-    "eval": ("2021-06-01", "2021-07-31"),
-}
+DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, DEFAULT_EPOCHS = "ResNet50V2", 64, 3
+# Two months of the simulator's field season for training, the next two for the later range.
+DEFAULT_TRAIN = ("2021-04-01", "2021-05-31")
+DEFAULT_EVAL = ("2021-06-01", "2021-07-31")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-services", action="store_true", help="leave RabbitMQ/PG running")
-    parser.add_argument("--arch", default=DEFAULTS["arch"])
-    parser.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
-    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    parser.add_argument("--train-start", default=DEFAULTS["train"][0], metavar="D")
-    parser.add_argument("--train-end", default=DEFAULTS["train"][1], metavar="D")
-    parser.add_argument("--eval-start", default=DEFAULTS["eval"][0], metavar="D")
-    parser.add_argument("--eval-end", default=DEFAULTS["eval"][1], metavar="D")
+    parser.add_argument("--arch", default=DEFAULT_ARCH)
+    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--train-start", default=DEFAULT_TRAIN[0], metavar="D")
+    parser.add_argument("--train-end", default=DEFAULT_TRAIN[1], metavar="D")
+    parser.add_argument("--eval-start", default=DEFAULT_EVAL[0], metavar="D")
+    parser.add_argument("--eval-end", default=DEFAULT_EVAL[1], metavar="D")
 
 
 def run_demo(args: argparse.Namespace) -> int:

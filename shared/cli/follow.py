@@ -139,8 +139,9 @@ async def watch(
                     getter.cancel()
                     break
                 channel, data = getter.result()
-                if channel == queries.EPOCHS and data.get("model_id") not in epoch_totals:
-                    model_id = data.get("model_id")
+                model_id = data.get("model_id")
+                known = model_id in epoch_totals
+                if channel == queries.EPOCHS and isinstance(model_id, int) and not known:
                     epoch_totals[model_id] = await queries.model_epoch_total(con, model_id)
                 out.write(event_line(channel, data, epoch_totals) + "\n")
                 out.flush()
@@ -160,7 +161,7 @@ def event_line(
         if data.get("error"):
             text += f"  error: {' '.join(str(data['error']).split())}"
     elif channel == queries.EPOCHS:
-        total = (epoch_totals or {}).get(data.get("model_id"))
+        total = (epoch_totals or {}).get(data.get("model_id", -1))
         epoch = f"{data.get('epoch')}/{total}" if total else str(data.get("epoch"))
         text = f"epoch      model {data.get('model_id')}  {epoch}  {epoch_metrics(data)}"
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 from pathlib import Path
+from typing import Any
 
 from shared.cli import render
 from shared.cli.app import OK, CommandFailed
@@ -60,7 +61,7 @@ async def run_predict(args: argparse.Namespace, settings: Settings) -> int:
             raise CommandFailed(str(exc)) from None
     probabilities = predict_probabilities(model, spec, [data for _, data in images])
     names = list(spec.class_names)
-    results = [
+    results: list[dict[str, Any]] = [
         {
             "image": name,
             "predicted": names[max(range(len(names)), key=lambda i: probs[i])],

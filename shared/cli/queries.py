@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
-Con = asyncpg.Connection | asyncpg.Pool
-Row = dict[str, Any]
+Con: TypeAlias = asyncpg.Connection | asyncpg.Pool
+Row: TypeAlias = dict[str, Any]
 
 # The channels the schema's triggers NOTIFY on (shared/migrations/001_schema.sql).
 REQUESTS, EPOCHS, EVALUATIONS = "chouette_requests", "chouette_epochs", "chouette_evaluations"
