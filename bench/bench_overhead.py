@@ -31,6 +31,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stack.stop()
             asyncio.run(_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    shutil.rmtree(tmp, ignore_errors=True)  # kept when a run failed: its logs are there
     wall, overhead, parts = results[-1]
     plumbing = parts["cli"] + parts["to_fetcher"] + parts["to_trainer"]
     heavy = parts["trainer_setup"] + parts["trainer_rest"] + parts["evaluator_rest"]

@@ -4,7 +4,8 @@
 servers, starts ``python -m services.simulator|fetcher|trainer|evaluator`` with
 ``AMQP_URL``/``DATABASE_URL``/``BROKER_NAMESPACE``/``CHOUETTE_API_URL`` pointing at them,
 waits until each says it is ready, and stops them with SIGTERM at the end. Their logs go to
-files; when an e2e test fails, the tail of every log is added to its report.
+files; when an e2e test fails, the tail of every log is added to its report (set
+``E2E_KEEP_LOGS=1`` to keep the whole files).
 
 ``pipeline.chouette(*argv)`` runs the real console entry point (``python -m shared.cli``)
 in a subprocess with the same environment.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -135,6 +137,8 @@ def pipeline(servers: Any) -> Iterator[Pipeline]:
         stack.stop(STOP_TIMEOUT_S)
         asyncio.run(_drop_database(servers.database_url, name))
         _delete_namespace(servers.amqp_url, namespace)
+        if not os.environ.get("E2E_KEEP_LOGS"):  # failures already show the log tails
+            shutil.rmtree(stack.logdir, ignore_errors=True)
 
 
 def _delete_namespace(amqp_url: str, namespace: str) -> None:
