@@ -42,6 +42,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from yarl import URL
 
 from shared.errors import InvalidMessage, PermanentError
 from shared.logs import request_context
@@ -99,8 +100,12 @@ class Broker:
         return f"{self.namespace}.{queue}"
 
     async def connect(self) -> Broker:
+        # aio-pika ignores keyword options when given a URL: the heartbeat goes in the query.
+        url = URL(self.url)
+        if "heartbeat" not in url.query:
+            url = url.update_query(heartbeat=self.heartbeat)
         self.connection = await aio_pika.connect_robust(
-            self.url, heartbeat=self.heartbeat, client_properties={"connection_name": "chouette"}
+            url, client_properties={"connection_name": "chouette"}
         )
         self._channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
