@@ -76,7 +76,9 @@ class TrainerHandler:
             return done
 
         spec, train_split, val_split = await self._load(msg.dataset_id, params)
-        versions = library_versions()
+        # In a thread: the first call imports TensorFlow (seconds), which would stall the
+        # event loop, hence the AMQP heartbeat.
+        versions = await asyncio.to_thread(library_versions)
         hyperparams = params.model_dump(mode="json")
         model_row = await store.find_or_create_model(
             self.pool, msg.request_id, msg.dataset_id, spec, hyperparams, versions
@@ -96,8 +98,10 @@ class TrainerHandler:
                 dataset_id=msg.dataset_id,
                 model_id=model_id,
             )
-            accelerator = self.accelerator or configure_accelerator(
-                mixed_precision=self.settings.gpu_mixed_precision, xla=self.settings.gpu_xla
+            accelerator = self.accelerator or await asyncio.to_thread(
+                configure_accelerator,
+                mixed_precision=self.settings.gpu_mixed_precision,
+                xla=self.settings.gpu_xla,
             )
             job = Job(
                 spec=spec,
