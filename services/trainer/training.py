@@ -19,6 +19,7 @@ the training-mode batch statistics over the whole training split ("precise BN").
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -374,7 +375,8 @@ def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
     resuming = job.checkpoint_epoch > 0
     # A resumed model gets all its weights from the checkpoint: no need for the initial ones.
     build_spec = spec.model_copy(update={"weights": "none"}) if resuming else spec
-    with job.accelerator.strategy.scope():
+    strategy = job.accelerator.strategy
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = build_model(build_spec)
         set_batchnorm_momentum(model, momentum)
         base_of(model).trainable = loop.last_epoch >= freeze

@@ -1,0 +1,204 @@
+"""shared.images, shared.modeling and the weight stream format, without servers."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.trainer.dataset import Split, class_weights, training_dataset
+from shared import weight_store
+from shared.images import decode_and_resize, decode_image, image_dataset, tf_decodable
+from shared.modeling import (
+    ModelSpec,
+    WeightsUnavailable,
+    base_of,
+    build_model,
+    momentum_for_steps,
+)
+from tests.plugins.datasets import photo
+
+
+def encoded(fmt: str, size: tuple[int, int] = (40, 30), mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(0)
+    channels = {"RGB": 3, "RGBA": 4}.get(mode)
+    shape = (size[1], size[0], channels) if channels else (size[1], size[0])
+    img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+    out = io.BytesIO()
+    img.save(out, format=fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode"), [("JPEG", "RGB"), ("PNG", "RGBA"), ("PNG", "L"), ("TIFF", "RGB")]
+)
+def test_decode_gives_square_float_rgb_0_to_255(fmt: str, mode: str) -> None:
+    image = decode_image(encoded(fmt, mode=mode), 32)
+    assert image.shape == (32, 32, 3) and image.dtype == np.float32
+    assert image.min() >= 0.0 and image.max() <= 255.0 and image.max() > 50
+    assert decode_and_resize is decode_image
+
+
+def test_decode_rejects_what_is_not_an_image() -> None:
+    with pytest.raises(ValueError, match="not a readable image"):
+        decode_image(b"definitely not an image", 32)
+
+
+def test_pipeline_and_eager_decode_give_the_same_pixels() -> None:
+    blobs = [tf_decodable(encoded("TIFF")), photo("vine", 1), photo("grass", 2)]
+    pipeline = np.stack([x.numpy() for x in image_dataset(blobs, None, 48)])
+    eager = np.stack([decode_image(b, 48) for b in blobs])
+    np.testing.assert_array_equal(pipeline, eager)
+
+
+def test_model_spec_validation() -> None:
+    with pytest.raises(ValueError, match="at least two classes"):
+        ModelSpec(architecture="ResNet50", image_size=64, class_names=("vine",))
+    with pytest.raises(ValueError):
+        ModelSpec(architecture="ResNet18", image_size=64, class_names=("a", "b"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        ModelSpec(architecture="ResNet50", image_size=16, class_names=("a", "b"))
+    spec = ModelSpec(architecture="ResNet50V2", image_size=64, class_names=("a", "b"))
+    assert spec.input_shape == (64, 64, 3) and spec.is_v2
+
+
+@pytest.mark.parametrize("architecture", ["ResNet50", "ResNet50V2"])
+def test_model_preprocesses_like_keras_preprocess_input(architecture: str) -> None:
+    spec = ModelSpec(architecture=architecture, image_size=32, class_names=("a", "b", "c"))
+    model = build_model(spec)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 3)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    module = keras.applications.resnet_v2 if spec.is_v2 else keras.applications.resnet
+    expected = module.preprocess_input(x.copy())
+    preprocess = model.layers[1]
+    np.testing.assert_allclose(np.asarray(preprocess(x)), expected, atol=1e-4)
+    assert base_of(model).output_shape == (None, 2048)
+
+
+def test_imagenet_without_cache_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    from shared import modeling
+
+    monkeypatch.setattr(modeling, "imagenet_cache_path", lambda arch: tmp_path / "x_notop.h5")
+    spec = ModelSpec(
+        architecture="ResNet101", image_size=32, class_names=("a", "b"), weights="imagenet"
+    )
+    with pytest.raises(WeightsUnavailable, match="not in the Keras cache"):
+        build_model(spec)
+
+
+def test_weights_path_loads_a_local_base_file(tmp_path: Path) -> None:
+    spec = ModelSpec(architecture="ResNet50V2", image_size=32, class_names=("a", "b"))
+    source = build_model(spec)
+    path = tmp_path / "base.weights.h5"
+    base_of(source).save_weights(path)
+    loaded = build_model(spec.model_copy(update={"weights": str(path)}))
+    for a, b in zip(base_of(source).weights, base_of(loaded).weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        build_model(spec.model_copy(update={"weights": str(tmp_path / "missing.h5")}))
+
+
+def test_batchnorm_momentum_settles_within_an_epoch() -> None:
+    assert momentum_for_steps(1) == 0.5
+    assert 0.7 < momentum_for_steps(10) < 0.8
+    assert momentum_for_steps(10) ** 10 == pytest.approx(0.05)
+    assert momentum_for_steps(10_000) == 0.99
+
+
+class FakeVariable:
+    def __init__(self, path: str, value: np.ndarray) -> None:
+        self.path, self.value = path, value
+        self.shape, self.dtype = value.shape, str(value.dtype)
+
+    def numpy(self) -> np.ndarray:
+        return self.value
+
+    def assign(self, value: Any) -> None:
+        assert value.shape == self.shape
+        self.value = np.array(value)
+
+
+def variables(seed: int) -> list[FakeVariable]:
+    rng = np.random.default_rng(seed)
+    return [
+        FakeVariable("a/kernel", rng.normal(size=(3, 3, 2, 5)).astype(np.float32)),
+        FakeVariable("a/bias", rng.normal(size=(5,)).astype(np.float32)),
+        FakeVariable("step", np.array(7, dtype=np.int64)),
+    ]
+
+
+def decode(parts: list[bytes], targets: list[FakeVariable]) -> weight_store._StreamDecoder:
+    def resolve(header: dict[str, Any]) -> list[Any]:
+        weight_store._match("weights", header["tensors"], targets)
+        return list(targets)
+
+    decoder = weight_store._StreamDecoder(resolve)
+    for part in parts:
+        decoder.feed(part)
+    return decoder
+
+
+@pytest.mark.parametrize("part_bytes", [1, 7, 100, 1 << 20])
+def test_stream_round_trips_at_any_part_size(part_bytes: int) -> None:
+    source, target = variables(0), variables(1)
+    parts = list(weight_store.iter_body_parts(source, kind="weights", part_bytes=part_bytes))
+    assert all(len(p) <= part_bytes for p in parts)
+    decoder = decode(parts, target)
+    decoder.finish(sum(map(len, parts)))
+    assert decoder.header is not None and decoder.header["kind"] == "weights"
+    for s, t in zip(source, target, strict=True):
+        np.testing.assert_array_equal(s.value, t.value)
+
+
+def test_stream_errors() -> None:
+    parts = list(weight_store.iter_body_parts(variables(0), kind="weights", part_bytes=64))
+    with pytest.raises(weight_store.CorruptWeights, match="magic"):
+        decode([b"X" + parts[0][1:], *parts[1:]], variables(1))
+    truncated = decode(parts[:-1], variables(1))
+    with pytest.raises(weight_store.CorruptWeights, match="truncated"):
+        truncated.finish(0)
+    wrong = variables(1)[:2]
+    with pytest.raises(weight_store.WeightsMismatch, match="3 tensors"):
+        decode(parts, wrong)
+
+
+def test_class_weights_balance_counts() -> None:
+    weights = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert weights[0] == pytest.approx(4 / 6) and weights[1] == pytest.approx(2.0)
+    assert weights[2] == 1.0  # absent class: never used
+
+
+def test_training_dataset_batches_shuffles_and_augments() -> None:
+    classes = ("vine", "ground", "grass")
+    rows = [(photo(t, i, width=40, height=30), t, "JPEG") for t in classes for i in range(4)]
+    split = Split.from_rows(rows, classes)
+    assert split.counts(3) == [4, 4, 4]
+    plain = training_dataset(split, 32, 5, augment=False, seed=3)
+    batches = list(plain)
+    assert [int(x.shape[0]) for x, _ in batches] == [5, 5, 2]
+    assert batches[0][0].dtype.name == "float32" and batches[0][0].shape[1:] == (32, 32, 3)
+    assert sorted(np.concatenate([y.numpy() for _, y in batches]).tolist()) == sorted(
+        split.labels.tolist()
+    )
+    epoch2 = np.concatenate([y.numpy() for _, y in plain])
+    again = np.concatenate(
+        [y.numpy() for _, y in training_dataset(split, 32, 5, augment=False, seed=3)]
+    )
+    assert np.array_equal(np.concatenate([y.numpy() for _, y in batches]), again)  # seeded
+    assert epoch2.shape == again.shape
+
+    augmented = training_dataset(split, 32, 12, augment=True, seed=3)
+    first = next(iter(augmented))[0].numpy()
+    second = next(iter(augmented))[0].numpy()
+    unaugmented = next(iter(training_dataset(split, 32, 12, augment=False, seed=3)))[0].numpy()
+    assert not np.allclose(first, unaugmented)
+    assert not np.allclose(first, second)  # new variants every epoch
+    assert first.min() >= -1e-3 and first.max() <= 255.0 + 1e-3

@@ -1,0 +1,183 @@
+"""The training loop's logic on a tiny network (no servers): resume, early stopping, limits."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from services.trainer import training
+from services.trainer.dataset import Split
+from services.trainer.training import EpochResult, Job, TrainingAbandoned, recalibrate_batchnorm
+from shared.errors import PermanentError
+from shared.messages import TrainingParams
+from shared.modeling import ModelSpec
+from tests.plugins.datasets import photo
+
+CLASSES = ("vine", "ground", "grass")
+
+
+def tiny_model(spec: ModelSpec) -> keras.Model:
+    """Same outline as ``build_model`` (a layer named "base", a softmax head), but tiny."""
+    inputs = keras.Input(spec.input_shape)
+    base = keras.Sequential(
+        [
+            keras.Input(spec.input_shape),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Conv2D(4, 3),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.GlobalAveragePooling2D(),
+        ],
+        name="base",
+    )
+    x = keras.layers.Dropout(spec.dropout)(base(inputs))
+    outputs = keras.layers.Dense(len(spec.class_names), activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(autouse=True)
+def _tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(training, "build_model", tiny_model)
+
+
+def split(n_per_class: int, offset: int = 0) -> Split:
+    rows = [
+        (photo(tag, offset + i, width=32, height=32), tag, "JPEG")
+        for tag in CLASSES
+        for i in range(n_per_class)
+    ]
+    return Split.from_rows(rows, CLASSES)
+
+
+TRAIN, VAL = split(4), split(2, offset=10)
+
+
+def job(**params: Any) -> Job:
+    p = TrainingParams(
+        **{"architecture": "ResNet50", "image_size": 32, "batch_size": 4, "epochs": 3, **params}
+    )
+    spec = ModelSpec(architecture="ResNet50", image_size=32, class_names=CLASSES)
+    return Job(spec=spec, params=p, train=TRAIN, val=VAL)
+
+
+class MemoryHooks:
+    """Checkpoints in a dict, like the Recorder keeps them in Postgres."""
+
+    def __init__(self) -> None:
+        self.results: list[EpochResult] = []
+        self.checkpoints: dict[int, list[np.ndarray]] = {}
+        self.restored: list[int] = []
+        self.best_loaded: list[int] = []
+        self.base_trainable: list[bool] = []
+
+    def restore(self, model: keras.Model, optimizer_variables: Any, epoch: int) -> bool:
+        self.restored.append(epoch)
+        for v, a in zip(model.weights, self.checkpoints[epoch], strict=True):
+            v.assign(a)
+        return False
+
+    def epoch_end(self, result: EpochResult, model: keras.Model, opt: Any, best: int) -> None:
+        self.results.append(result)
+        self.base_trainable.append(model.get_layer("base").trainable)
+        self.checkpoints[result.epoch] = [v.numpy().copy() for v in model.weights]
+
+    def load_best(self, model: keras.Model, epoch: int) -> None:
+        self.best_loaded.append(epoch)
+        for v, a in zip(model.weights, self.checkpoints[epoch], strict=True):
+            v.assign(a)
+
+
+def test_runs_every_epoch_and_reports_each() -> None:
+    hooks = MemoryHooks()
+    outcome = training.train(job(epochs=3, early_stopping_patience=5), hooks, threading.Event())
+    assert [r.epoch for r in hooks.results] == [1, 2, 3]
+    assert all(r.val_loss is not None and r.images == len(TRAIN) for r in hooks.results)
+    assert outcome.stopped == "epochs" and outcome.final_metrics["epochs_run"] == 3
+    assert outcome.best_epoch == min(hooks.results, key=lambda r: r.val_loss or 0).epoch
+    assert outcome.recalibrated_layers == 1
+    assert outcome.images_per_second and outcome.images_per_second > 0
+
+
+def test_early_stopping_restores_the_best_epoch() -> None:
+    hooks = MemoryHooks()
+    # Learning rate ~0: validation loss cannot improve after the first epoch.
+    outcome = training.train(
+        job(epochs=6, early_stopping_patience=2, learning_rate=1e-12, augment=False, dropout=0.0),
+        hooks,
+        threading.Event(),
+    )
+    assert outcome.stopped == "early_stopping"
+    assert [r.epoch for r in hooks.results] == [1, 2, 3]
+    assert outcome.best_epoch == 1 and hooks.best_loaded == [1]
+
+
+def test_resumes_after_the_checkpoint_without_repeating_epochs() -> None:
+    first = MemoryHooks()
+    training.train(job(epochs=1), first, threading.Event())
+    resumed = job(epochs=3, early_stopping_patience=5)
+    resumed.history = list(first.results)
+    resumed.checkpoint_epoch = 1
+    hooks = MemoryHooks()
+    hooks.checkpoints = dict(first.checkpoints)
+    outcome = training.train(resumed, hooks, threading.Event())
+    assert hooks.restored == [1]
+    assert [r.epoch for r in hooks.results] == [2, 3]
+    assert [r.epoch for r in outcome.history] == [1, 2, 3]
+
+
+def test_exhausted_patience_in_history_trains_no_more() -> None:
+    first = MemoryHooks()
+    training.train(job(epochs=1), first, threading.Event())
+    worse = EpochResult(2, 9.0, 0.1, 99.0, 0.1, 1e-3, 1.0, len(TRAIN))
+    resumed = job(epochs=5, early_stopping_patience=1)
+    resumed.history = [first.results[0], worse]
+    resumed.checkpoint_epoch = 2
+    hooks = MemoryHooks()
+    hooks.checkpoints = {**first.checkpoints, 2: first.checkpoints[1]}
+    outcome = training.train(resumed, hooks, threading.Event())
+    assert hooks.results == []
+    assert outcome.best_epoch == 1 and hooks.best_loaded == [1]
+
+
+def test_stop_flag_abandons_without_reporting() -> None:
+    stop = threading.Event()
+    stop.set()
+    hooks = MemoryHooks()
+    with pytest.raises(TrainingAbandoned):
+        training.train(job(), hooks, stop)
+    assert hooks.results == []
+
+
+def test_time_limit_before_the_first_epoch_is_a_clear_error() -> None:
+    limited = job()
+    limited.max_seconds = 0
+    with pytest.raises(PermanentError, match="no epoch finished within the time limit"):
+        training.train(limited, MemoryHooks(), threading.Event())
+
+
+def test_frozen_base_first_then_fine_tuned() -> None:
+    hooks = MemoryHooks()
+    training.train(
+        job(epochs=3, freeze_epochs=2, weights="/some/base.weights.h5", early_stopping_patience=9),
+        hooks,
+        threading.Event(),
+    )
+    assert hooks.base_trainable == [False, False, True]
+
+
+def test_recalibration_sets_batchnorm_statistics_to_the_data_average() -> None:
+    inputs = keras.Input((2,))
+    bn = keras.layers.BatchNormalization(momentum=0.99)
+    model = keras.Model(inputs, bn(inputs))
+    rng = np.random.default_rng(0)
+    data = rng.normal([5.0, -3.0], [2.0, 0.5], size=(64, 2)).astype(np.float32)
+    batches = [(data[i : i + 16], None) for i in range(0, 64, 16)]
+    assert recalibrate_batchnorm(model, batches) == 1
+    np.testing.assert_allclose(bn.moving_mean.numpy(), data.mean(axis=0), rtol=1e-5)
+    per_batch_var = np.mean([b.var(axis=0) for b, _ in batches], axis=0)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), per_batch_var, rtol=1e-4)
+    assert bn.momentum == 0.99
