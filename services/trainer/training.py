@@ -376,7 +376,11 @@ def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
     # A resumed model gets all its weights from the checkpoint: no need for the initial ones.
     build_spec = spec.model_copy(update={"weights": "none"}) if resuming else spec
     strategy = job.accelerator.strategy
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+
+    def scope() -> Any:
+        return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+    with scope():
         model = build_model(build_spec)
         set_batchnorm_momentum(model, momentum)
         base_of(model).trainable = loop.last_epoch >= freeze
@@ -405,7 +409,8 @@ def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
             base = base_of(model)
             if base.trainable != trainable:
                 base.trainable = trainable
-                _compile(model, job)  # a new optimizer for the new set of trainable weights
+                with scope():  # a new optimizer for the new set of trainable weights
+                    _compile(model, job)
             model.fit(
                 train_ds,
                 validation_data=val_ds,
