@@ -65,7 +65,7 @@ class ConsumerThread:
         self._thread.start()
         self.run(self._start(amqp_url, database_url, namespace))
 
-    def run(self, coro: Any, timeout: float = 30) -> Any:
+    def run(self, coro: Any, timeout: float = 60) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start(self, amqp_url: str, database_url: str, namespace: str) -> None:
@@ -95,7 +95,9 @@ class ConsumerThread:
         await self.broker._exchange.publish(
             aio_pika.Message(body), routing_key="evaluation.requested", mandatory=True
         )
-        for _ in range(200):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30  # generous: the machine may be busy training
+        while loop.time() < deadline:
             if not self.handled.empty():
                 await self.handled.get()
                 return "handled"
