@@ -92,6 +92,9 @@ class TrainerSettings(BaseSettings):
     gpu_xla: bool = True
     # Where tf.data caches decoded images ("" = in memory; a directory for large datasets).
     cache_dir: str = ""
+    # A training's lease in Postgres, renewed every third of it while training: another
+    # trainer given the same request waits instead of training it twice at once.
+    lease_seconds: float = 60.0
     # Grace period on SIGTERM before the current message is abandoned (redelivered).
     stop_grace_seconds: float = 5.0
 

@@ -12,14 +12,28 @@
 On cancellation (SIGTERM after the grace period) the stop flag makes the training thread
 leave at the next batch, the message stays unacked and is redelivered: the next
 delivery resumes after the last committed epoch.
+
+A request is never trained twice at once. RabbitMQ redelivers a message whose consumer
+outlived ``consumer_timeout`` (to this process, on the channel aio-pika reopens, or to
+another trainer), and a crashed trainer's message goes to the next one:
+
+- in this process, a second delivery of a request being trained *joins* it and returns the
+  same ``ModelReady``;
+- across processes, a lease in ``models`` (renewed while training) tells another trainer to
+  wait until the model is trained or the lease lapses; a holder known to be dead (same
+  host, process gone) is taken over at once, so a restarted trainer resumes immediately.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,10 +73,39 @@ class TrainerHandler:
     settings: TrainerSettings = field(default_factory=TrainerSettings)
     accelerator: Accelerator | None = None
     run: TrainFn = train
+    # "host:pid:token": the lease owner, unique per process.
+    worker_id: str = field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    )
+    _running: dict[uuid.UUID, asyncio.Future[ModelReady]] = field(default_factory=dict, init=False)
 
     async def __call__(self, msg: DatasetReady) -> ModelReady:
         if msg.purpose != "training" or msg.training is None:
             raise InvalidMessage("the trainer takes DatasetReady messages for training")
+        running = self._running.get(msg.request_id)
+        if running is not None:
+            logger.info("redelivered while training in this process: joining the running training")
+            return await asyncio.shield(running)
+        future: asyncio.Future[ModelReady] = asyncio.get_running_loop().create_future()
+        # Nobody may be joining: mark a failure as retrieved so it is not reported twice.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._running[msg.request_id] = future
+        try:
+            result = await self._handle(msg)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._running[msg.request_id]
+
+    async def _handle(self, msg: DatasetReady) -> ModelReady:
+        assert msg.training is not None
         started = time.monotonic()
         params = msg.training
         await db.ensure_request(
@@ -84,6 +127,14 @@ class TrainerHandler:
             self.pool, msg.request_id, msg.dataset_id, spec, hyperparams, versions
         )
         model_id = model_row.id
+        if not await self._acquire_lease(model_id, msg):
+            done = await self._already_trained(msg)
+            assert done is not None
+            return done
+        # The lease holder may have moved on while we waited: read the row again.
+        model_row = await store.find_or_create_model(
+            self.pool, msg.request_id, msg.dataset_id, spec, hyperparams, versions
+        )
         try:
             if model_row.status != "training":
                 await store.reopen_model(self.pool, model_id)
@@ -124,11 +175,56 @@ class TrainerHandler:
         except PermanentError:
             await store.mark_failed(self.pool, model_id)
             raise
+        finally:
+            with contextlib.suppress(Exception):
+                await store.release_lease(self.pool, model_id, self.worker_id)
         logger.info(
             "model %d trained: best epoch %d, %s, %.0f s",
             model_id, outcome.best_epoch, outcome.final_metrics, outcome.train_seconds,
         )  # fmt: skip
         return ModelReady(request_id=msg.request_id, model_id=model_id, dataset_id=msg.dataset_id)
+
+    async def _acquire_lease(self, model_id: int, msg: DatasetReady) -> bool:
+        """Wait for the training lease; False when another trainer finished the model."""
+        seconds = self.settings.lease_seconds
+        announced = False
+        while True:
+            holder = await store.claim_lease(self.pool, model_id, self.worker_id, seconds)
+            if holder is None:
+                return True
+            if await store.trained_model_id(self.pool, msg.request_id) is not None:
+                return False
+            if holder.owner and _is_dead_here(holder.owner):
+                if await store.steal_lease(
+                    self.pool, model_id, self.worker_id, seconds, holder.owner
+                ):
+                    logger.info(
+                        "model %d: its trainer %s exited; taking over", model_id, holder.owner
+                    )
+                    return True
+                continue
+            if not announced:
+                logger.info(
+                    "model %d is being trained by %s (lease %.0f s left): waiting",
+                    model_id, holder.owner, holder.seconds_left,
+                )  # fmt: skip
+                announced = True
+            await asyncio.sleep(min(max(holder.seconds_left, 0.5), seconds / 3, 5.0))
+
+    async def _renew_lease(self, model_id: int, stop: threading.Event) -> None:
+        """Keep the lease while training; stop the training if another trainer took it."""
+        seconds = self.settings.lease_seconds
+        while True:
+            await asyncio.sleep(seconds / 3)
+            try:
+                still_ours = await store.renew_lease(self.pool, model_id, self.worker_id, seconds)
+            except Exception as exc:  # the database is away: the lease has slack, go on
+                logger.warning("model %d: could not renew the training lease: %s", model_id, exc)
+                continue
+            if not still_ours:
+                logger.error("model %d: lease lost to another trainer; stopping", model_id)
+                stop.set()
+                return
 
     async def _already_trained(self, msg: DatasetReady) -> ModelReady | None:
         model_id = await store.trained_model_id(self.pool, msg.request_id)
@@ -180,6 +276,8 @@ class TrainerHandler:
             part_bytes=self.settings.weight_part_bytes,
         )
         task = asyncio.ensure_future(asyncio.to_thread(self.run, job, recorder, stop))
+        renewer = asyncio.create_task(self._renew_lease(model_id, stop))
+        task.add_done_callback(lambda _: renewer.cancel())
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -232,6 +330,21 @@ class TrainerHandler:
                 con, msg.request_id, STAGE, f"training {last}/{msg.training.epochs}",  # type: ignore[union-attr]
                 dataset_id=msg.dataset_id, model_id=model_id,
             )  # fmt: skip
+
+
+def _is_dead_here(owner: str) -> bool:
+    """True when ``owner`` ("host:pid:token") ran on this host and its process is gone."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def check_splits(

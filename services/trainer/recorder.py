@@ -93,17 +93,23 @@ class Recorder:
         optimizer_variables: Sequence[Any],
         best_epoch: int,
     ) -> None:
+        # After the last epoch the model's weights are stored right away: its checkpoint
+        # would only serve a crash in between, which then redoes that epoch. An earlier,
+        # better epoch's checkpoint is still there to restore from.
+        final = result.epoch >= self.epochs
         async with self.pool.acquire() as con, con.transaction():
-            nbytes = await weight_store.save_checkpoint(
-                con,
-                self.model_id,
-                result.epoch,
-                model,
-                optimizer_variables,
-                keep=[best_epoch],
-                part_bytes=self.part_bytes,
-            )
-            await store.record_epoch(con, self.model_id, result, best_epoch)
+            nbytes = 0
+            if not final:
+                nbytes = await weight_store.save_checkpoint(
+                    con,
+                    self.model_id,
+                    result.epoch,
+                    model,
+                    optimizer_variables,
+                    keep=[best_epoch],
+                    part_bytes=self.part_bytes,
+                )
+            await store.record_epoch(con, self.model_id, result, best_epoch, checkpointed=not final)
             await db.set_progress(con, self.request_id, f"training {result.epoch}/{self.epochs}")
         logger.info(
             "model %d: epoch %d committed with a %.1f MiB checkpoint",

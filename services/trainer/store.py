@@ -97,6 +97,71 @@ async def find_or_create_model(
     )
 
 
+@dataclass(frozen=True)
+class Lease:
+    owner: str | None
+    seconds_left: float
+
+
+async def claim_lease(con: Executor, model_id: int, owner: str, seconds: float) -> Lease | None:
+    """Take the model's training lease if it is free, lapsed or ours; else who holds it.
+
+    A trained model's lease is never taken: the caller re-emits its ``ModelReady``.
+    """
+    claimed = await con.fetchval(
+        "UPDATE models SET lease_owner = $2, lease_until = now() + make_interval(secs => $3)"
+        " WHERE id = $1 AND status <> 'trained'"
+        " AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < now())"
+        " RETURNING id",
+        model_id,
+        owner,
+        seconds,
+    )
+    if claimed is not None:
+        return None
+    row = await con.fetchrow(
+        "SELECT lease_owner, extract(epoch FROM lease_until - now()) AS left"
+        " FROM models WHERE id = $1",
+        model_id,
+    )
+    assert row is not None
+    return Lease(row["lease_owner"], float(row["left"] or 0.0))
+
+
+async def steal_lease(con: Executor, model_id: int, owner: str, seconds: float, dead: str) -> bool:
+    """Take the lease from ``dead`` (a holder known to have exited)."""
+    value = await con.fetchval(
+        "UPDATE models SET lease_owner = $2, lease_until = now() + make_interval(secs => $3)"
+        " WHERE id = $1 AND lease_owner = $4 RETURNING id",
+        model_id,
+        owner,
+        seconds,
+        dead,
+    )
+    return value is not None
+
+
+async def renew_lease(con: Executor, model_id: int, owner: str, seconds: float) -> bool:
+    """Extend our lease; False when another trainer took it over (ours had lapsed)."""
+    value = await con.fetchval(
+        "UPDATE models SET lease_until = now() + make_interval(secs => $3)"
+        " WHERE id = $1 AND lease_owner = $2 RETURNING id",
+        model_id,
+        owner,
+        seconds,
+    )
+    return value is not None
+
+
+async def release_lease(con: Executor, model_id: int, owner: str) -> None:
+    await con.execute(
+        "UPDATE models SET lease_owner = NULL, lease_until = NULL"
+        " WHERE id = $1 AND lease_owner = $2",
+        model_id,
+        owner,
+    )
+
+
 async def reopen_model(con: Executor, model_id: int) -> None:
     """A failed (or corrupt) model taken up again goes back to ``training``."""
     await con.execute(
@@ -145,9 +210,18 @@ async def discard_epochs_after(con: Executor, model_id: int, epoch: int) -> int:
 
 
 async def record_epoch(
-    con: asyncpg.Connection, model_id: int, result: EpochResult, best_epoch: int
+    con: asyncpg.Connection,
+    model_id: int,
+    result: EpochResult,
+    best_epoch: int,
+    *,
+    checkpointed: bool = True,
 ) -> None:
-    """The epoch's row (NOTIFY by trigger) and the model's checkpoint pointers."""
+    """The epoch's row (NOTIFY by trigger) and the model's checkpoint pointers.
+
+    Without a checkpoint (the last epoch, whose weights are stored right after) the resume
+    point stays at the previous checkpoint: a crash before the final commit redoes it.
+    """
     await con.execute(
         "INSERT INTO training_epochs (model_id, epoch, loss, accuracy, val_loss, val_accuracy,"
         " learning_rate, seconds, metrics) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
@@ -166,10 +240,12 @@ async def record_epoch(
         {"images": result.images, "best_epoch": best_epoch},
     )
     await con.execute(
-        "UPDATE models SET checkpoint_epoch = $2, best_epoch = $3 WHERE id = $1",
+        "UPDATE models SET checkpoint_epoch = CASE WHEN $4 THEN $2 ELSE checkpoint_epoch END,"
+        " best_epoch = $3 WHERE id = $1",
         model_id,
         result.epoch,
         best_epoch,
+        checkpointed,
     )
 
 
