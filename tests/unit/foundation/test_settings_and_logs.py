@@ -83,3 +83,20 @@ def test_json_log_lines_carry_request_id() -> None:
     assert first["request_id"] == "req-42"
     assert first["message"] == "stored 3 images"
     assert second["request_id"] == "-"
+
+
+def test_every_setting_is_documented_in_config_example() -> None:
+    from services.simulator.settings import SimulatorSettings
+    from shared import settings as module
+
+    documented = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", EXAMPLE.read_text(), re.MULTILINE))
+    missing = []
+    for cls in (module.Settings, module.FetcherSettings, module.TrainerSettings,
+                module.EvaluatorSettings, SimulatorSettings):  # fmt: skip
+        prefix = cls.model_config.get("env_prefix", "")
+        missing += [
+            f"{prefix}{name}".upper()
+            for name in cls.model_fields
+            if f"{prefix}{name}".upper() not in documented
+        ]
+    assert not missing
