@@ -22,13 +22,17 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from shared.settings import Settings, TrainerSettings, consumer_timeout_ms
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PG_BIN_DIRS = [Path("/usr/lib/postgresql") / v / "bin" for v in ("17", "16", "15", "14", "13")]
 RABBIT_BIN_DIR = Path("/usr/lib/rabbitmq/bin")
@@ -54,6 +58,16 @@ def _chown(path: Path, user: str) -> None:
         entry = pwd.getpwnam(user)
         for p in [path, *path.rglob("*")]:
             os.chown(p, entry.pw_uid, entry.pw_gid)
+
+
+def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion, also when called from a thread with a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with ThreadPoolExecutor(1) as executor:
+        return executor.submit(lambda: asyncio.run(make())).result()
 
 
 def _make_reachable(path: Path) -> None:
@@ -227,7 +241,7 @@ class PostgresServer:
         if not _port_open(self.port):
             return False
         try:
-            return asyncio.run(check())
+            return _run_sync(check)
         except Exception:
             return False
 
@@ -243,6 +257,9 @@ class RabbitServer:
     password: str = "chouette"
     vhost: str = "/"
     consumer_timeout_ms: int = 7 * 3600 * 1000
+    # How often a channel checks its consumers' timeouts (RabbitMQ's default: a minute).
+    channel_tick_ms: int | None = None
+    last_error: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.base_dir = self.base_dir.resolve()
@@ -325,7 +342,10 @@ class RabbitServer:
             )
         )
         (base / "enabled_plugins").write_text("[].\n")
-        (base / "advanced.config").write_text("[].\n")
+        advanced = "[]"
+        if self.channel_tick_ms is not None:
+            advanced = f"[{{rabbit, [{{channel_tick_interval, {self.channel_tick_ms}}}]}}]"
+        (base / "advanced.config").write_text(f"{advanced}.\n")
         (base / "rabbitmq.conf").chmod(0o600)
         _chown(base, "rabbitmq")
 
@@ -355,7 +375,8 @@ class RabbitServer:
             time.sleep(0.5)
         self.stop()
         raise ServiceError(
-            f"RabbitMQ did not become healthy in {timeout:.0f}s:\n{self._log_tail()}"
+            f"RabbitMQ did not become healthy in {timeout:.0f}s ({self.last_error}):\n"
+            f"{self._log_tail()}"
         )
 
     def _log_tail(self) -> str:
@@ -401,8 +422,9 @@ class RabbitServer:
             return True
 
         try:
-            return asyncio.run(check())
-        except Exception:
+            return _run_sync(check)
+        except Exception as exc:
+            self.last_error = repr(exc)
             return False
 
 
