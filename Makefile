@@ -7,11 +7,12 @@ CHOUETTE := $(VENV)/bin/chouette
 # A Docker engine, when one runs, provides RabbitMQ and PostgreSQL; otherwise system binaries.
 DOCKER := $(shell docker info >/dev/null 2>&1 && echo yes)
 
-.PHONY: help venv demo test test-fast lint bench services-up services-down compose-check clean
+.PHONY: help venv demo test test-load test-fast lint bench services-up services-down compose-check clean
 
 help:
 	@echo "make demo   - set up, train and evaluate a model on the simulator, print the results"
 	@echo "make test   - set up, then run the whole test suite (unit, integration, e2e, faults)"
+	@echo "make test-load - the load test with 50 requests (make test runs 8)"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - run every benchmark in bench/"
 
@@ -46,6 +47,10 @@ demo: venv system-deps
 
 test: venv system-deps
 	$(PY) -m pytest
+
+# The load fault test at the issue's full size: 50 training requests, two trainers.
+test-load: venv system-deps
+	CHOUETTE_LOAD_REQUESTS=50 $(PY) -m pytest tests/faults/test_load.py -s
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow"

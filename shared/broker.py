@@ -216,7 +216,9 @@ class Broker:
                     await self._fail(incoming, queue, stage, str(exc), request_id, on_failure)
                 except asyncio.CancelledError:
                     # Stopping: leave the message unacked; it is redelivered to another consumer.
-                    logger.warning("abandoned on shutdown; it will be redelivered")
+                    logger.warning(
+                        "delivery cancelled before it was settled; it will be redelivered"
+                    )
                     raise
                 except Exception as exc:
                     text = f"{type(exc).__name__}: {exc}"

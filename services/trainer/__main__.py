@@ -19,7 +19,9 @@ def make_handler(pool: Pool, broker: Broker, settings: Settings) -> TrainerHandl
     accelerator = configure_accelerator(
         mixed_precision=trainer.gpu_mixed_precision, xla=trainer.gpu_xla
     )
-    return TrainerHandler(pool=pool, settings=trainer, accelerator=accelerator)
+    return TrainerHandler(
+        pool=pool, settings=trainer, accelerator=accelerator, stopping=broker.stopping
+    )
 
 
 async def main() -> None:

@@ -80,29 +80,35 @@ class TrainerHandler:
     _running: dict[uuid.UUID, asyncio.Future[ModelReady]] = field(default_factory=dict, init=False)
 
     async def __call__(self, msg: DatasetReady) -> ModelReady:
+        """Run (or join) the request's training; the delivery only waits for it.
+
+        The work is a task of its own: when RabbitMQ closes the channel under a long
+        training (``consumer_timeout``), aio-pika cancels the delivery, not the training,
+        and the redelivery joins it. Only a shutdown (``stopping`` set) abandons the work.
+        """
         if msg.purpose != "training" or msg.training is None:
             raise InvalidMessage("the trainer takes DatasetReady messages for training")
-        running = self._running.get(msg.request_id)
-        if running is not None:
-            logger.info("redelivered while training in this process: joining the running training")
-            return await asyncio.shield(running)
-        future: asyncio.Future[ModelReady] = asyncio.get_running_loop().create_future()
-        # Nobody may be joining: mark a failure as retrieved so it is not reported twice.
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._running[msg.request_id] = future
-        try:
-            result = await self._handle(msg)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            raise
+        work = self._running.get(msg.request_id)
+        if work is None:
+            work = asyncio.ensure_future(self._handle(msg))
+            self._running[msg.request_id] = work
+            work.add_done_callback(lambda _: self._running.pop(msg.request_id, None))
+            # Nobody may be waiting any more: mark a failure as retrieved.
+            work.add_done_callback(lambda t: t.cancelled() or t.exception())
         else:
-            future.set_result(result)
-            return result
-        finally:
-            del self._running[msg.request_id]
+            logger.info("redelivered while training in this process: joining the running training")
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            if self.stopping.is_set():
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
+            else:
+                logger.warning(
+                    "delivery cancelled (channel closed?); the training goes on for its redelivery"
+                )
+            raise
 
     async def _handle(self, msg: DatasetReady) -> ModelReady:
         assert msg.training is not None

@@ -113,9 +113,15 @@ async def test_rabbitmq_restart_while_requests_are_in_flight(
         await asyncio.to_thread(rabbit.stop)
         await asyncio.sleep(3)
         await asyncio.to_thread(rabbit.start)
-        # A request published after the restart goes through too.
-        await asyncio.sleep(1)
-        requests.append(await pipeline.submit_training(*SHORT, seed=99))
+        # A request published after the restart goes through too, once our own robust
+        # connection is back (a publish is confirmed or raises: retry until confirmed).
+        for _ in range(60):
+            try:
+                requests.append(await pipeline.submit_training(*SHORT, seed=99))
+                break
+            except Exception:
+                await asyncio.sleep(1)
+        assert len(requests) == 4, "could not publish after the restart"
         for request_id in requests:
             row = await pipeline.wait_for(request_id, timeout=400)
             assert row["status"] == "succeeded", (row["error"], pipeline.logs())
