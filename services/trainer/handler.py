@@ -77,6 +77,9 @@ class TrainerHandler:
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     )
+    # Set when the service shuts down (the broker's event): then a cancelled delivery
+    # abandons its training; otherwise (a closed channel) the training goes on.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _running: dict[uuid.UUID, asyncio.Future[ModelReady]] = field(default_factory=dict, init=False)
 
     async def __call__(self, msg: DatasetReady) -> ModelReady:
