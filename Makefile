@@ -12,7 +12,7 @@ DOCKER := $(shell docker info >/dev/null 2>&1 && echo yes)
 help:
 	@echo "make demo   - set up, train and evaluate a model on the simulator, print the results"
 	@echo "make test   - set up, then run the whole test suite (unit, integration, e2e, faults)"
-	@echo "make test-load - the load test with 50 requests (make test runs 8)"
+	@echo "make test-load - the load test with 50 requests (make test runs 6)"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - run every benchmark in bench/"
 
@@ -45,8 +45,10 @@ endif
 demo: venv system-deps
 	$(PY) -m shared.cli.demo
 
+# Two workers, one test file each at a time: the suite waits on servers and subprocesses
+# as much as it computes, and a file's tests may share a session stack (tests/e2e).
 test: venv system-deps
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # The load fault test at the issue's full size: 50 training requests, two trainers.
 test-load: venv system-deps

@@ -1,6 +1,6 @@
 """Load: many training requests at once, two competing trainers.
 
-``CHOUETTE_LOAD_REQUESTS`` sets how many: 8 by default, so that ``make test`` stays within
+``CHOUETTE_LOAD_REQUESTS`` sets how many: 6 by default, so that ``make test`` stays within
 its time budget on two CPU cores (each request trains and stores a ResNet50);
 ``make test-load`` runs the full 50.
 """
@@ -17,7 +17,7 @@ from tests.plugins.pipeline import Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
-REQUESTS = int(os.environ.get("CHOUETTE_LOAD_REQUESTS", "8"))
+REQUESTS = int(os.environ.get("CHOUETTE_LOAD_REQUESTS", "6"))
 WEEK = ("2021-06-01", "2021-06-07")
 
 
