@@ -28,21 +28,29 @@ $(VENV)/.installed: pyproject.toml
 system-deps: venv
 	$(PY) -c "from shared.local_services import ensure_binaries; ensure_binaries()"
 
+# With Docker, compose's servers get the local default passwords unless you set your own
+# (then set AMQP_URL and DATABASE_URL to match in .env).
+COMPOSE_SERVERS := POSTGRES_PASSWORD=$${POSTGRES_PASSWORD:-chouette} \
+	RABBITMQ_PASSWORD=$${RABBITMQ_PASSWORD:-chouette} docker compose up -d --wait rabbitmq postgres
+
 services-up: venv
 ifeq ($(DOCKER),yes)
-	docker compose up -d --wait rabbitmq postgres
+	$(COMPOSE_SERVERS)
 else
 	$(CHOUETTE) services up
 endif
 
 services-down: venv
 ifeq ($(DOCKER),yes)
-	docker compose stop rabbitmq postgres
+	POSTGRES_PASSWORD=x RABBITMQ_PASSWORD=x docker compose stop rabbitmq postgres
 else
 	$(CHOUETTE) services down
 endif
 
 demo: venv system-deps
+ifeq ($(DOCKER),yes)
+	$(COMPOSE_SERVERS)
+endif
 	$(PY) -m shared.cli.demo
 
 # Two workers, one test file each at a time: the suite waits on servers and subprocesses
