@@ -148,7 +148,9 @@ async def record_failure(
     body: bytes | None = None,
 ) -> None:
     """Mark the request ``failed`` with its stage and error, and log the failure row."""
-    text = body.decode("utf-8", "replace")[:10_000] if body is not None else None
+    # PostgreSQL text cannot hold NUL: a poison body must still leave its failure row.
+    text = body.decode("utf-8", "replace")[:10_000].replace("\x00", "\\x00") if body else None
+    error = error.replace("\x00", "\\x00")
     async with pool.acquire() as con, con.transaction():
         await con.execute(
             "INSERT INTO failures (request_id, queue, stage, error, body)"

@@ -134,6 +134,7 @@ def test_invalid_json_wrong_schema_and_unknown_version_are_dead_lettered(
 ) -> None:
     cases = {
         b"{definitely not json": "not JSON",
+        b"\x00\x00\x00": "not JSON",  # NUL cannot go into a PostgreSQL text column as is
         json.dumps({**VALID, "model_id": "seven"}).encode(): "model_id",
         json.dumps({**VALID, "schema_version": 7}).encode(): "unsupported schema_version 7",
         json.dumps({**VALID, "type": "Unknown"}).encode(): "invalid Unknown",
