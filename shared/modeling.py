@@ -182,11 +182,104 @@ def momentum_for_steps(steps_per_epoch: int, *, settle: float = 0.05) -> float:
 
 
 def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:
-    """Set every BatchNormalization layer's momentum (before compiling); returns the count."""
+    """Set every BatchNormalization layer's momentum; returns the count.
+
+    With :func:`use_runtime_batchnorm_momentum` this assigns the shared variable, which a
+    traced training step reads at run time; otherwise (a plain float, baked into the graph
+    when it is traced) call it before compiling.
+    """
     layers = batchnorm_layers(model)
     for layer in layers:
-        layer.momentum = momentum
+        if _is_tf_variable(layer.momentum):
+            layer.momentum.assign(momentum)
+        else:
+            layer.momentum = momentum
     return len(layers)
+
+
+def use_runtime_batchnorm_momentum(model: keras.Model, momentum: float = 0.99) -> Any:
+    """Make every BatchNormalization layer read its momentum from one shared variable.
+
+    Keras bakes a float momentum into the traced training step; the momentum depends on
+    the epoch's length (:func:`momentum_for_steps`), so a network kept for the next request
+    (``shared.model_cache``) would have to be traced again. A ``tf.Variable`` (not a Keras
+    one: it is not a weight, nothing stores it) is read at run time instead. Create it in
+    the distribution strategy's scope, before the first trace. Returns the variable.
+    """
+    import tensorflow as tf
+
+    variable = tf.Variable(momentum, trainable=False, dtype=tf.float32, name="bn_momentum")
+    for layer in batchnorm_layers(model):
+        layer.momentum = variable
+    return variable
+
+
+def batchnorm_momentum(model: keras.Model) -> float | None:
+    """The momentum of the first BatchNormalization layer (None without any)."""
+    layers = batchnorm_layers(model)
+    if not layers:
+        return None
+    value = layers[0].momentum
+    return float(value.numpy()) if _is_tf_variable(value) else float(value)
+
+
+def _is_tf_variable(value: Any) -> bool:
+    return hasattr(value, "assign") and hasattr(value, "numpy")
+
+
+# Variables of a network built from scratch, by the attribute naming their initializer.
+_INITIALIZED = ("kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
+
+
+def _all_layers(model: keras.Model) -> list[Any]:
+    found, stack = [], list(model.layers)
+    while stack:
+        layer = stack.pop(0)
+        found.append(layer)
+        stack[:0] = getattr(layer, "layers", [])
+    return found
+
+
+def initialize_weights(model: keras.Model, seed: int) -> int:
+    """Give every variable of ``model`` fresh initial values, a function of ``seed`` alone.
+
+    What building the network from scratch does, without building it: each kernel, bias
+    and BatchNorm variable gets a new draw of its layer's own initializer (seeded from
+    ``seed`` and its position), every random layer's seed generator a new state. The
+    trainer calls it on a newly built network and on one reused from ``shared.model_cache``
+    alike, so a model's initial weights depend on its seed, not on what ran before.
+    Raises ``ValueError`` for a variable it does not know how to initialize. Returns the
+    number of variables set.
+    """
+    import keras
+    import numpy as np
+
+    initializers: dict[int, Any] = {}
+    seed_states: set[int] = set()
+    for layer in _all_layers(model):
+        for attr in _INITIALIZED:
+            variable = getattr(layer, attr, None)
+            initializer = getattr(layer, f"{attr}_initializer", None)
+            if isinstance(variable, keras.Variable) and initializer is not None:
+                initializers[id(variable)] = initializer
+        generator = getattr(layer, "seed_generator", None)
+        if isinstance(generator, keras.random.SeedGenerator):
+            seed_states.add(id(generator.state))
+    count = 0
+    for position, variable in enumerate(model.variables):
+        derived = int(np.random.SeedSequence([seed, position]).generate_state(1)[0] >> 1)
+        if id(variable) in seed_states:
+            variable.assign(np.array([derived, 0]).astype(variable.dtype))
+        elif id(variable) in initializers:
+            initializer = initializers[id(variable)]
+            config = initializer.get_config()
+            if "seed" in config:
+                initializer = type(initializer).from_config({**config, "seed": derived})
+            variable.assign(initializer(tuple(variable.shape), dtype=variable.dtype))
+        else:
+            raise ValueError(f"no initializer known for variable {variable.path}")
+        count += 1
+    return count
 
 
 def _caffe_layer_class() -> type:

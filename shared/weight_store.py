@@ -423,9 +423,16 @@ async def mark_corrupt(con: asyncpg.Connection | asyncpg.Pool, model_id: int) ->
 
 
 async def load_model(
-    pool: asyncpg.Pool, model_id: int
+    pool: asyncpg.Pool,
+    model_id: int,
+    *,
+    build: Callable[[ModelSpec], keras.Model] = build_model,
 ) -> tuple[keras.Model, ModelSpec, dict[str, Any]]:
     """Rebuild model ``model_id`` from its recorded spec and load its verified weights.
+
+    ``build`` (called in a worker thread) gives the network for the spec: a new one, or
+    one of the same spec kept from an earlier load (the evaluator's), whose every variable
+    is overwritten here.
 
     Returns ``(model, spec, row)`` where ``row`` is the ``models`` row as a dict (class
     names in output order, hyper-parameters, metrics…). The model is uncompiled, ready
@@ -447,7 +454,7 @@ async def load_model(
         if row["status"] != "trained":
             raise ModelNotReady(f"model {model_id} has no weights yet (status {row['status']})")
         spec = spec_from_row(row)
-        model = await asyncio.to_thread(build_model, spec)
+        model = await asyncio.to_thread(build, spec)
         try:
             sha, nbytes = await read_weights_into(con, model_id, model)
             if sha != row["weights_sha256"] or nbytes != row["weights_bytes"]:

@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,7 @@ from services.trainer.training import (
 from shared import db, weight_store
 from shared.errors import InvalidMessage, PermanentError, RetryableError
 from shared.messages import DatasetReady, ModelReady, TrainingParams
+from shared.model_cache import ModelCache
 from shared.modeling import ModelSpec, library_versions
 from shared.settings import TrainerSettings
 
@@ -80,7 +81,13 @@ class TrainerHandler:
     # Set when the service shuts down (the broker's event): then a cancelled delivery
     # abandons its training; otherwise (a closed channel) the training goes on.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Compiled networks kept for the next request of the same shape (TRAINER_MODEL_CACHE).
+    models: ModelCache[Hashable, Any] | None = None
     _running: dict[uuid.UUID, asyncio.Future[ModelReady]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        if self.models is None:
+            self.models = ModelCache(self.settings.model_cache)
 
     async def __call__(self, msg: DatasetReady) -> ModelReady:
         """Run (or join) the request's training; the delivery only waits for it.
@@ -173,6 +180,7 @@ class TrainerHandler:
                 max_seconds=max(0.0, self.settings.max_seconds - (time.monotonic() - started)),
                 cache_dir=self.settings.cache_dir,
                 accelerator=accelerator,
+                models=self.models,
             )
             if model_row.checkpoint_epoch:
                 logger.info(
@@ -181,6 +189,8 @@ class TrainerHandler:
                 )  # fmt: skip
             outcome = await self._train_in_thread(job, msg, model_id)
             await self._finish(msg, model_id, outcome, hyperparams, versions)
+            if outcome.model_key is not None and self.models is not None:
+                self.models.release(outcome.model_key, outcome.model)  # stored: reusable
         except PermanentError:
             await store.mark_failed(self.pool, model_id)
             raise

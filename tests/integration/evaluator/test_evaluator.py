@@ -91,16 +91,38 @@ async def test_evaluates_a_model_the_weight_store_stored(pool: db.Pool) -> None:
     assert board["champion"] and board["rank_on_dataset"] == 1
 
 
+async def test_a_kept_network_scores_the_next_model_with_that_models_weights(
+    pool: db.Pool,
+) -> None:
+    dataset_id, stored = await rows.dataset(pool, SPLITS)
+    handler = evaluator(pool)
+    test_images = sorted(stored["test"])
+    decoded = images.decode_images([blob for *_, blob in test_images], 32)
+    for seed, hits in ((0, 0), (1, 1), (2, 2)):
+        request_id, model_id, model = await rows.stored_model(pool, dataset_id, seed=seed)
+        out = await handler(
+            ModelReady(request_id=request_id, model_id=model_id, dataset_id=dataset_id)
+        )
+        assert handler.warm.hits == hits  # built once, then the same network reused
+        predictions = await pool.fetch(
+            "SELECT probabilities FROM predictions WHERE evaluation_id = $1 ORDER BY sha256",
+            out.evaluation_id,
+        )
+        got = np.array([[p["probabilities"][c] for c in rows.CLASSES] for p in predictions])
+        np.testing.assert_allclose(got, model.predict(decoded, verbose=0), atol=1e-4)
+    assert len(handler.warm) == 1
+
+
 async def test_redelivery_leaves_one_evaluation_and_re_emits_it(pool: db.Pool) -> None:
     dataset_id, _ = await rows.dataset(pool, SPLITS)
     request_id, model_id, _ = await rows.stored_model(pool, dataset_id)
     message = ModelReady(request_id=request_id, model_id=model_id, dataset_id=dataset_id)
     loads = 0
 
-    async def counting_load(p: db.Pool, mid: int) -> Any:
+    async def counting_load(p: db.Pool, mid: int, **kwargs: Any) -> Any:
         nonlocal loads
         loads += 1
-        return await weight_store.load_model(p, mid)
+        return await weight_store.load_model(p, mid, **kwargs)
 
     first = await evaluator(pool)(message)
     handler = evaluator(pool)

@@ -14,7 +14,13 @@ from services.trainer.dataset import Split
 from services.trainer.training import EpochResult, Job, TrainingAbandoned, recalibrate_batchnorm
 from shared.errors import PermanentError
 from shared.messages import TrainingParams
-from shared.modeling import ModelSpec
+from shared.model_cache import ModelCache
+from shared.modeling import (
+    ModelSpec,
+    build_model,
+    initialize_weights,
+    use_runtime_batchnorm_momentum,
+)
 from tests.plugins.datasets import photo
 
 CLASSES = ("vine", "ground", "grass")
@@ -181,3 +187,88 @@ def test_recalibration_sets_batchnorm_statistics_to_the_data_average() -> None:
     per_batch_var = np.mean([b.var(axis=0) for b, _ in batches], axis=0)
     np.testing.assert_allclose(bn.moving_variance.numpy(), per_batch_var, rtol=1e-4)
     assert bn.momentum == 0.99
+
+
+def test_recalibration_with_a_runtime_momentum_restores_it_and_keeps_the_graph() -> None:
+    inputs = keras.Input((2,))
+    bn = keras.layers.BatchNormalization()
+    model = keras.Model(inputs, bn(inputs))
+    momentum = use_runtime_batchnorm_momentum(model, 0.7)
+    data = np.random.default_rng(1).normal(4.0, 1.0, size=(32, 2)).astype(np.float32)
+    batches = [(data[i : i + 8], None) for i in range(0, 32, 8)]
+    assert recalibrate_batchnorm(model, batches) == 1
+    np.testing.assert_allclose(bn.moving_mean.numpy(), data.mean(axis=0), rtol=1e-5)
+    assert float(momentum.numpy()) == pytest.approx(0.7)
+    first = training._FORWARD[model]
+    recalibrate_batchnorm(model, batches)
+    assert training._FORWARD[model] is first  # the traced forward pass is kept
+
+
+def _weights(outcome: training.Outcome) -> list[np.ndarray]:
+    return [v.numpy().copy() for v in outcome.model.weights]
+
+
+def test_a_kept_network_trains_like_a_new_one_with_the_same_seed() -> None:
+    cache: ModelCache[Any, Any] = ModelCache(2)
+    # No augmentation: its parallel map draws in a nondeterministic order.
+    fresh = training.train(job(epochs=2, seed=7, augment=False), MemoryHooks(), threading.Event())
+    assert not fresh.reused and fresh.model_key is not None
+
+    first = job(epochs=1, seed=3)
+    first.models = cache
+    other = training.train(first, MemoryHooks(), threading.Event())
+    cache.release(other.model_key, other.model)
+
+    again = job(epochs=2, seed=7, augment=False)
+    again.models = cache
+    hooks = MemoryHooks()
+    reused = training.train(again, hooks, threading.Event())
+    assert reused.reused and reused.model is other.model and len(cache) == 0
+    # Same seed, same data: the same training, bit for bit, whatever ran before.
+    assert [r.loss for r in hooks.results] == [r.loss for r in fresh.history]
+    for a, b in zip(_weights(reused), _weights(fresh), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # A different seed is a different start.
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(_weights(other), _weights(fresh), strict=True)
+    ) or other.history[0].loss != fresh.history[0].loss
+
+
+def test_only_networks_of_the_same_shape_are_reused() -> None:
+    cache: ModelCache[Any, Any] = ModelCache(2)
+    first = job(epochs=1)
+    first.models = cache
+    outcome = training.train(first, MemoryHooks(), threading.Event())
+    cache.release(outcome.model_key, outcome.model)
+
+    sgd = job(epochs=1, optimizer="sgd")
+    sgd.models = cache
+    assert not training.train(sgd, MemoryHooks(), threading.Event()).reused
+    pretrained = job(epochs=1, weights="/some/base.weights.h5")
+    pretrained.models = cache
+    result = training.train(pretrained, MemoryHooks(), threading.Event())
+    assert not result.reused and result.model_key is None
+    assert len(cache) == 1  # still there for a matching request
+
+
+def test_initialize_weights_draws_every_variable_of_a_resnet_from_the_seed() -> None:
+    spec = ModelSpec(architecture="ResNet50V2", image_size=32, class_names=CLASSES, dropout=0.2)
+    model = build_model(spec)
+    assert initialize_weights(model, 1) == len(model.variables)
+    first = [v.numpy().copy() for v in model.variables]
+    initialize_weights(model, 2)
+    changed = [not np.array_equal(a, v.numpy()) for a, v in zip(first, model.variables)]
+    initialize_weights(model, 1)
+    for a, v in zip(first, model.variables, strict=True):
+        np.testing.assert_array_equal(a, v.numpy())
+    kernels = [c for c, v in zip(changed, model.variables, strict=True) if "kernel" in v.path]
+    assert kernels and all(kernels)
+
+
+def test_initialize_weights_refuses_a_variable_it_does_not_know() -> None:
+    inputs = keras.Input((3,))
+    layer = keras.layers.Embedding(10, 2)
+    model = keras.Model(inputs, layer(inputs))
+    with pytest.raises(ValueError, match="no initializer known"):
+        initialize_weights(model, 0)
