@@ -48,6 +48,7 @@ from services.trainer.dataset import (
 )
 from shared.errors import PermanentError
 from shared.messages import TrainingParams
+from shared.model_cache import ModelCache
 from shared.modeling import (
     ModelSpec,
     base_of,
@@ -58,7 +59,6 @@ from shared.modeling import (
     set_batchnorm_momentum,
     use_runtime_batchnorm_momentum,
 )
-from shared.model_cache import ModelCache
 
 if TYPE_CHECKING:
     import keras

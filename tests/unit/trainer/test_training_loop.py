@@ -229,10 +229,10 @@ def test_a_kept_network_trains_like_a_new_one_with_the_same_seed() -> None:
     for a, b in zip(_weights(reused), _weights(fresh), strict=True):
         np.testing.assert_array_equal(a, b)
     # A different seed is a different start.
-    assert any(
-        not np.array_equal(a, b)
-        for a, b in zip(_weights(other), _weights(fresh), strict=True)
-    ) or other.history[0].loss != fresh.history[0].loss
+    assert (
+        any(not np.array_equal(a, b) for a, b in zip(_weights(other), _weights(fresh), strict=True))
+        or other.history[0].loss != fresh.history[0].loss
+    )
 
 
 def test_only_networks_of_the_same_shape_are_reused() -> None:
@@ -258,7 +258,9 @@ def test_initialize_weights_draws_every_variable_of_a_resnet_from_the_seed() -> 
     assert initialize_weights(model, 1) == len(model.variables)
     first = [v.numpy().copy() for v in model.variables]
     initialize_weights(model, 2)
-    changed = [not np.array_equal(a, v.numpy()) for a, v in zip(first, model.variables)]
+    changed = [
+        not np.array_equal(a, v.numpy()) for a, v in zip(first, model.variables, strict=True)
+    ]
     initialize_weights(model, 1)
     for a, v in zip(first, model.variables, strict=True):
         np.testing.assert_array_equal(a, v.numpy())
