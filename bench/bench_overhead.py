@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="ResNet50")
     parser.add_argument("--runs", type=int, default=2, help="the first ones warm up")
+    parser.add_argument("--logs", action="store_true", help="print the services' log tails")
     args = parser.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="chouette-bench-"))
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {detail}",
                     flush=True,
                 )
+            if args.logs:
+                print(stack.log_tails(25))
         except Exception:
             print(stack.log_tails(40), file=sys.stderr)
             raise

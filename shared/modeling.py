@@ -21,9 +21,11 @@ TensorFlow is imported on first use of :func:`build_model`.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.errors import PermanentError
@@ -244,15 +246,30 @@ def initialize_weights(model: keras.Model, seed: int) -> int:
     """Give every variable of ``model`` fresh initial values, a function of ``seed`` alone.
 
     What building the network from scratch does, without building it: each kernel, bias
-    and BatchNorm variable gets a new draw of its layer's own initializer (seeded from
-    ``seed`` and its position), every random layer's seed generator a new state. The
-    trainer calls it on a newly built network and on one reused from ``shared.model_cache``
-    alike, so a model's initial weights depend on its seed, not on what ran before.
-    Raises ``ValueError`` for a variable it does not know how to initialize. Returns the
-    number of variables set.
+    and BatchNorm variable gets a new draw of its layer's own initializer, every random
+    layer's seed generator a new state, all drawn in order from one generator seeded with
+    ``seed``. The draws run as one traced function kept with the network (a few tenths
+    of a second saved per request over eager calls). The trainer calls this on a newly
+    built network and on one reused from ``shared.model_cache`` alike, so a model's
+    initial weights depend on its seed, not on what ran before. Raises ``ValueError`` for
+    a variable it does not know how to initialize. Returns the number of variables set.
     """
+    entry = _INITIALIZERS.get(model)
+    if entry is None:
+        entry = _INITIALIZERS[model] = _initializer_function(model)
+    generator, draw, count = entry
+    generator.state.assign(np.array([seed & 0xFFFFFFFF, 0]).astype(generator.state.dtype))
+    draw()
+    return count
+
+
+_INITIALIZERS: weakref.WeakKeyDictionary[Any, tuple[Any, Any, int]] = weakref.WeakKeyDictionary()
+
+
+def _initializer_function(model: keras.Model) -> tuple[Any, Any, int]:
+    """(seed generator, traced function drawing every variable, number of variables)."""
     import keras
-    import numpy as np
+    import tensorflow as tf
 
     initializers: dict[int, Any] = {}
     seed_states: set[int] = set()
@@ -265,21 +282,29 @@ def initialize_weights(model: keras.Model, seed: int) -> int:
         generator = getattr(layer, "seed_generator", None)
         if isinstance(generator, keras.random.SeedGenerator):
             seed_states.add(id(generator.state))
-    count = 0
-    for position, variable in enumerate(model.variables):
-        derived = int(np.random.SeedSequence([seed, position]).generate_state(1)[0] >> 1)
+    generator = keras.random.SeedGenerator(0, name="chouette_initial_weights")
+    plan: list[tuple[Any, Any]] = []
+    for variable in model.variables:
         if id(variable) in seed_states:
-            variable.assign(np.array([derived, 0]).astype(variable.dtype))
+            plan.append((variable, None))
         elif id(variable) in initializers:
             initializer = initializers[id(variable)]
-            config = initializer.get_config()
-            if "seed" in config:
-                initializer = type(initializer).from_config({**config, "seed": derived})
-            variable.assign(initializer(tuple(variable.shape), dtype=variable.dtype))
+            if hasattr(initializer, "seed"):  # a random one: draw from our generator
+                initializer = type(initializer).from_config(initializer.get_config())
+                initializer.seed = generator
+            plan.append((variable, initializer))
         else:
             raise ValueError(f"no initializer known for variable {variable.path}")
-        count += 1
-    return count
+
+    @tf.function
+    def draw() -> None:
+        for variable, initializer in plan:
+            if initializer is None:
+                variable.assign(tf.cast(generator.next(), variable.dtype))
+            else:
+                variable.assign(initializer(tuple(variable.shape), dtype=variable.dtype))
+
+    return generator, draw, len(plan)
 
 
 def _caffe_layer_class() -> type:

@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import struct
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -210,14 +211,15 @@ async def store_weights(
     ``models.status = 'trained'``, so a model is never marked trained without its weights.
     """
     digest = _Digest()
+    started = time.monotonic()
     await con.execute("DELETE FROM model_weights WHERE model_id = $1", model_id)
     parts = _stream_parts(
         model.weights, digest, kind="weights", meta={"model_id": model_id}, part_bytes=part_bytes
     )
     await _copy_stream(con, "model_weights", (model_id,), ["model_id", "part", "bytes"], parts)
     logger.info(
-        "stored weights of model %d: %.1f MiB, sha256 %s",
-        model_id, digest.nbytes / 2**20, digest.sha256[:12],
+        "stored weights of model %d: %.1f MiB in %.2f s, sha256 %s",
+        model_id, digest.nbytes / 2**20, time.monotonic() - started, digest.sha256[:12],
     )  # fmt: skip
     return digest.sha256, digest.nbytes
 
@@ -454,7 +456,9 @@ async def load_model(
         if row["status"] != "trained":
             raise ModelNotReady(f"model {model_id} has no weights yet (status {row['status']})")
         spec = spec_from_row(row)
+        started = time.monotonic()
         model = await asyncio.to_thread(build, spec)
+        built = time.monotonic()
         try:
             sha, nbytes = await read_weights_into(con, model_id, model)
             if sha != row["weights_sha256"] or nbytes != row["weights_bytes"]:
@@ -467,7 +471,10 @@ async def load_model(
             await mark_corrupt(con, model_id)
             logger.error("model %d marked corrupt: %s", model_id, exc)
             raise CorruptWeights(f"model {model_id} is corrupt: {exc}") from exc
-    logger.info("loaded model %d (%s, %d bytes)", model_id, spec.architecture, nbytes)
+    logger.info(
+        "loaded model %d (%s, %.1f MiB): network %.2f s, weights %.2f s",
+        model_id, spec.architecture, nbytes / 2**20, built - started, time.monotonic() - built,
+    )  # fmt: skip
     return model, spec, dict(row)
 
 
