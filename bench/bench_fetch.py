@@ -36,6 +36,7 @@ import aiohttp
 
 from services.fetcher.client import ChouetteClient
 from services.fetcher.validation import check_image, validate_image
+from shared import runtime
 from shared.settings import FetcherSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,7 +169,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     concurrency = args.concurrency or FetcherSettings().concurrency
-    result = asyncio.run(run(args.images, args.latency_ms / 1000, concurrency))
+    result = runtime.run(run(args.images, args.latency_ms / 1000, concurrency))
     n, baseline, fetch, ideal = (
         result["images"],
         float(result["baseline_s"]),  # type: ignore[arg-type]

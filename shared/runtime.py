@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from shared import db, logs
 from shared.broker import Broker, FailureSink, Handler
@@ -19,7 +21,33 @@ from shared.settings import Settings, redact_url
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 HandlerFactory = Callable[[db.Pool, Broker, Settings], Awaitable[Handler] | Handler]
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on uvloop when it is installed (the services' event loop).
+
+    uvloop (libuv, Cython) roughly halves the CPU asyncio spends per socket operation;
+    it matters in the fetcher, whose speed on a small machine is bound by the CPU per
+    download (``bench/bench_fetch.py``). Same semantics; ``CHOUETTE_EVENT_LOOP=asyncio``
+    (environment) keeps the standard loop, e.g. to rule it out when debugging.
+    """
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop, or asyncio's own with ``CHOUETTE_EVENT_LOOP=asyncio`` or no uvloop."""
+    if os.environ.get("CHOUETTE_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - a dependency; optional on exotic platforms
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def make_failure_sink(pool: db.Pool) -> FailureSink:

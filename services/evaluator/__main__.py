@@ -7,13 +7,11 @@ environment: the shared ones (``AMQP_URL``, ``DATABASE_URL``, …) and ``EVALUAT
 
 from __future__ import annotations
 
-import asyncio
-
 from services.evaluator.handler import Evaluator
 from shared import db
 from shared.broker import EVALUATOR, Broker
 from shared.messages import DatasetReady, ModelReady
-from shared.runtime import serve
+from shared.runtime import run, serve
 from shared.settings import EvaluatorSettings, Settings
 from shared.weight_store import load_model
 
@@ -24,7 +22,7 @@ def main() -> None:
     def make_handler(pool: db.Pool, broker: Broker, settings: Settings) -> Evaluator:
         return Evaluator(pool, evaluator_settings, load_model=load_model)
 
-    asyncio.run(
+    run(
         serve(
             EVALUATOR,
             (ModelReady, DatasetReady),

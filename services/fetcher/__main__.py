@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.fetcher.client import ChouetteClient
 from services.fetcher.handler import FetcherHandler
 from shared.broker import FETCHER, Broker
 from shared.db import Pool
 from shared.messages import EvaluationRequested, TrainingRequested
-from shared.runtime import serve
+from shared.runtime import run, serve
 from shared.settings import FetcherSettings, Settings
 
 
@@ -32,4 +30,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

@@ -9,6 +9,7 @@ from aiohttp import web
 from services.simulator.app import create_app
 from services.simulator.settings import SimulatorSettings
 from shared import logs
+from shared.runtime import new_event_loop
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ def main() -> None:
     )
     web.run_app(
         create_app(settings),
+        loop=new_event_loop(),
         host=settings.host,
         port=settings.port,
         print=None,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.trainer.handler import TrainerHandler
 from shared.broker import TRAINER, Broker
 from shared.db import Pool
 from shared.messages import DatasetReady
-from shared.runtime import serve
+from shared.runtime import run, serve
 from shared.settings import Settings, TrainerSettings
 
 
@@ -36,4 +34,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())
