@@ -16,12 +16,16 @@ from shared import weight_store
 from shared.errors import PermanentError, RetryableError
 from shared.images import decode_images
 from shared.messages import DatasetReady, ModelReady, TrainingParams
+from shared.model_cache import ModelCache
 from shared.settings import TrainerSettings
 from tests.plugins.datasets import create_dataset, create_request
 
 pytestmark = pytest.mark.integration
 
 SMALL = {"vine": 8, "ground": 8, "grass": 8}
+# Shared by the tests of this module, as one trainer process shares it between requests:
+# later trainings reuse the network the first one traced.
+MODELS: ModelCache[Any, Any] = ModelCache(2)
 
 
 def trainer_settings(**kw: Any) -> TrainerSettings:
@@ -41,7 +45,7 @@ def ready(dataset_id: int, request_id: uuid.UUID | None = None, **params: Any) -
 
 
 async def test_unusable_datasets_fail_with_a_clear_reason(pool: Any) -> None:
-    handler = TrainerHandler(pool, trainer_settings(min_train_images=6))
+    handler = TrainerHandler(pool, models=MODELS, settings=trainer_settings(min_train_images=6))
     tiny = await create_dataset(pool, per_class={"vine": 2, "ground": 2, "grass": 1})
     with pytest.raises(PermanentError, match=rf"dataset {tiny} has \d training images; at least 6"):
         await handler(ready(tiny))
@@ -62,7 +66,9 @@ async def test_unusable_datasets_fail_with_a_clear_reason(pool: Any) -> None:
 async def test_trains_records_registry_and_reemits_on_redelivery(pool: Any) -> None:
     dataset_id = await create_dataset(pool, per_class=SMALL)
     request_id = await create_request(pool, {"training": {}})
-    handler = TrainerHandler(pool, trainer_settings(weight_part_bytes=1 << 20))
+    handler = TrainerHandler(
+        pool, models=MODELS, settings=trainer_settings(weight_part_bytes=1 << 20)
+    )
     msg = ready(dataset_id, request_id, epochs=2, seed=7)
 
     out = await handler(msg)
@@ -103,7 +109,9 @@ async def test_trains_records_registry_and_reemits_on_redelivery(pool: Any) -> N
     def must_not_train(*_: Any) -> Outcome:
         raise AssertionError("a trained request must not train again")
 
-    again = await TrainerHandler(pool, trainer_settings(), run=must_not_train)(msg)
+    again = await TrainerHandler(
+        pool, models=MODELS, settings=trainer_settings(), run=must_not_train
+    )(msg)
     assert again.model_id == out.model_id
     assert await pool.fetchval("SELECT count(*) FROM models") == 1
     assert await pool.fetchval("SELECT count(*) FROM training_epochs") == 2
@@ -147,7 +155,7 @@ async def test_interrupted_training_resumes_after_the_last_checkpoint(pool: Any)
     msg = ready(dataset_id, epochs=3, early_stopping_patience=10)
     first = StopAfter(1)
     with pytest.raises(RetryableError, match="interrupted"):
-        await TrainerHandler(pool, trainer_settings(), run=first)(msg)
+        await TrainerHandler(pool, models=MODELS, settings=trainer_settings(), run=first)(msg)
     model_id = await pool.fetchval("SELECT id FROM models")
     row = await pool.fetchrow("SELECT status, checkpoint_epoch FROM models")
     assert (row["status"], row["checkpoint_epoch"]) == ("training", 1)
@@ -164,7 +172,7 @@ async def test_interrupted_training_resumes_after_the_last_checkpoint(pool: Any)
         assert [r.epoch for r in job.history] == [1]
         return train(job, hooks, stop)
 
-    out = await TrainerHandler(pool, trainer_settings(), run=record)(msg)
+    out = await TrainerHandler(pool, models=MODELS, settings=trainer_settings(), run=record)(msg)
 
     assert resumed_from == [1] and out.model_id == model_id
     epochs = await pool.fetch("SELECT epoch, loss FROM training_epochs ORDER BY epoch")
@@ -181,7 +189,9 @@ async def test_abandoned_run_raises_retryable(pool: Any) -> None:
         raise TrainingAbandoned("stop requested")
 
     with pytest.raises(RetryableError):
-        await TrainerHandler(pool, trainer_settings(), run=abandoned)(ready(dataset_id))
+        await TrainerHandler(pool, models=MODELS, settings=trainer_settings(), run=abandoned)(
+            ready(dataset_id)
+        )
     assert await pool.fetchval("SELECT status FROM models") == "training"
 
 
@@ -192,7 +202,7 @@ async def test_inference_mode_accuracy_on_held_out_images_is_well_above_chance(
     """DESIGN §7: BatchNorm statistics must not lag behind (training from scratch, few images)."""
     per_class = {"vine": 30, "ground": 30, "grass": 30}
     dataset_id = await create_dataset(pool, per_class=per_class, fractions=(0.6, 0.15, 0.25))
-    handler = TrainerHandler(pool, trainer_settings())
+    handler = TrainerHandler(pool, models=MODELS, settings=trainer_settings())
     msg = ready(
         dataset_id, epochs=4, batch_size=8, image_size=32, learning_rate=1e-3, augment=False
     )
