@@ -12,7 +12,7 @@ DOCKER := $(shell docker info >/dev/null 2>&1 && echo yes)
 help:
 	@echo "make demo   - set up, train and evaluate a model on the simulator, print the results"
 	@echo "make test   - set up, then run the whole test suite (unit, integration, e2e, faults)"
-	@echo "make test-load - the load test with 50 requests (make test runs 6)"
+	@echo "make test-load - the load test alone (50 requests, two trainers), with its figures"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - run every benchmark in bench/"
 
@@ -58,9 +58,9 @@ endif
 test: venv system-deps
 	$(PY) -m pytest -n 2 --dist loadfile
 
-# The load fault test at the issue's full size: 50 training requests, two trainers.
+# The load fault test alone (also part of make test): 50 training requests, two trainers.
 test-load: venv system-deps
-	CHOUETTE_LOAD_REQUESTS=50 $(PY) -m pytest tests/faults/test_load.py -s
+	$(PY) -m pytest tests/faults/test_load.py -s
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow"
