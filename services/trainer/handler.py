@@ -165,11 +165,13 @@ class TrainerHandler:
                 dataset_id=msg.dataset_id,
                 model_id=model_id,
             )
-            accelerator = self.accelerator or await asyncio.to_thread(
-                configure_accelerator,
-                mixed_precision=self.settings.gpu_mixed_precision,
-                xla=self.settings.gpu_xla,
-            )
+            accelerator = self.accelerator
+            if accelerator is None:
+                accelerator = await asyncio.to_thread(
+                    configure_accelerator,
+                    mixed_precision=self.settings.gpu_mixed_precision,
+                    xla=self.settings.gpu_xla,
+                )
             job = Job(
                 spec=spec,
                 params=params,

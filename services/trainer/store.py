@@ -15,9 +15,8 @@ from typing import Any
 import asyncpg
 
 from services.trainer.training import EpochResult
+from shared.db import Executor
 from shared.modeling import ModelSpec
-
-Executor = asyncpg.Connection | asyncpg.Pool
 
 
 @dataclass(frozen=True)
