@@ -53,17 +53,19 @@ def pipeline_on(simulator_server: Any, namespace: str, tmp_path: Path) -> Pipeli
     """``async with pipeline_on(amqp_url, database_url) as p:`` — services on given servers."""
 
     @asynccontextmanager
-    async def make(amqp_url: str, database_url: str, **env: str) -> AsyncIterator[Pipeline]:
+    async def make(
+        amqp_url: str, database_url: str, *, delivery_limit: int = 5, **env: str
+    ) -> AsyncIterator[Pipeline]:
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             amqp_url=amqp_url,
             database_url=database_url,
             broker_namespace=namespace,
-            broker_delivery_limit=5,
+            broker_delivery_limit=delivery_limit,
         )
         pool = await db.create_pool(database_url, max_size=4)
         await db.migrate(pool)
-        broker = Broker(amqp_url, namespace=namespace, delivery_limit=5)
+        broker = Broker(amqp_url, namespace=namespace, delivery_limit=delivery_limit)
         await broker.connect()
         simulator_server.reset()
         pipeline = Pipeline(settings, pool, broker, tmp_path, env={**simulator_server.env(), **env})
