@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from services.trainer.handler import TrainerHandler
+import logging
+import os
+import sys
+
+from services.trainer.handler import TrainerHandler, training_in_progress
 from shared.broker import TRAINER, Broker
 from shared.db import Pool
 from shared.messages import DatasetReady
@@ -35,3 +39,11 @@ async def main() -> None:
 
 if __name__ == "__main__":
     run(main())
+    if training_in_progress():
+        # Abandoned in the middle of a step at shutdown: its message is unacked and will be
+        # redelivered (resuming after the last checkpoint). Exit now rather than after the step.
+        logging.getLogger("services.trainer").info("exiting without the abandoned training step")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

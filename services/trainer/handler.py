@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -62,6 +62,8 @@ from shared.settings import TrainerSettings
 logger = logging.getLogger(__name__)
 
 STAGE = "training"
+
+T = TypeVar("T")
 
 TrainFn = Callable[[Job, Hooks, threading.Event], Outcome]
 
@@ -296,7 +298,7 @@ class TrainerHandler:
             epochs=job.params.epochs,
             part_bytes=self.settings.weight_part_bytes,
         )
-        task = asyncio.ensure_future(asyncio.to_thread(self.run, job, recorder, stop))
+        task = in_training_thread(lambda: self.run(job, recorder, stop))
         renewer = asyncio.create_task(self._renew_lease(model_id, stop))
         task.add_done_callback(lambda _: renewer.cancel())
         try:
@@ -351,6 +353,46 @@ class TrainerHandler:
                 con, msg.request_id, STAGE, f"training {last}/{msg.training.epochs}",  # type: ignore[union-attr]
                 dataset_id=msg.dataset_id, model_id=model_id,
             )  # fmt: skip
+
+
+TRAINING_THREAD = "chouette-training"
+
+
+def in_training_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """``fn()`` in a daemon thread of its own; its result or error settles the future.
+
+    Not ``asyncio.to_thread``: the default executor's threads are joined when the event
+    loop closes, so a process stopping in the middle of a training step (seconds on a busy
+    CPU) would not exit until the step ends. An abandoned training's message is unacked
+    and will be redelivered: ``python -m services.trainer`` exits without waiting for it.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    def body() -> None:
+        result, error = None, None
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting coroutine
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=body, name=TRAINING_THREAD, daemon=True).start()
+    return future
+
+
+def training_in_progress() -> bool:
+    """Whether a training thread is still running (e.g. abandoned mid-step at shutdown)."""
+    return any(t.name == TRAINING_THREAD and t.is_alive() for t in threading.enumerate())
 
 
 def _is_dead_here(owner: str) -> bool:
