@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from shared import db, logs
+from shared import db, logs, startup
 from shared.broker import Broker, FailureSink, Handler
 from shared.messages import Message
 from shared.settings import Settings, redact_url
@@ -34,8 +35,14 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     download (``bench/bench_fetch.py``). Same semantics; ``CHOUETTE_EVENT_LOOP=asyncio``
     (environment) keeps the standard loop, e.g. to rule it out when debugging.
     """
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(main)
+    # Until the consumer's own handler is installed, SIGTERM exits cleanly (shared.startup).
+    previous = startup.exit_on_sigterm()
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(main)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -7,13 +7,18 @@ environment: the shared ones (``AMQP_URL``, ``DATABASE_URL``, …) and ``EVALUAT
 
 from __future__ import annotations
 
-from services.evaluator.handler import Evaluator
-from shared import db
-from shared.broker import EVALUATOR, Broker
-from shared.messages import DatasetReady, ModelReady
-from shared.runtime import run, serve
-from shared.settings import EvaluatorSettings, Settings
-from shared.weight_store import load_model
+from shared import startup
+
+# First: a SIGTERM while the imports below run (seconds) exits cleanly.
+startup.exit_on_sigterm()
+
+from services.evaluator.handler import Evaluator  # noqa: E402
+from shared import db  # noqa: E402
+from shared.broker import EVALUATOR, Broker  # noqa: E402
+from shared.messages import DatasetReady, ModelReady  # noqa: E402
+from shared.runtime import run, serve  # noqa: E402
+from shared.settings import EvaluatorSettings, Settings  # noqa: E402
+from shared.weight_store import load_model  # noqa: E402
 
 
 def main() -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from services.fetcher.client import ChouetteClient
-from services.fetcher.handler import FetcherHandler
-from shared.broker import FETCHER, Broker
-from shared.db import Pool
-from shared.messages import EvaluationRequested, TrainingRequested
-from shared.runtime import run, serve
-from shared.settings import FetcherSettings, Settings
+from shared import startup
+
+# First: a SIGTERM while the imports below run (seconds) exits cleanly.
+startup.exit_on_sigterm()
+
+from services.fetcher.client import ChouetteClient  # noqa: E402
+from services.fetcher.handler import FetcherHandler  # noqa: E402
+from shared.broker import FETCHER, Broker  # noqa: E402
+from shared.db import Pool  # noqa: E402
+from shared.messages import EvaluationRequested, TrainingRequested  # noqa: E402
+from shared.runtime import run, serve  # noqa: E402
+from shared.settings import FetcherSettings, Settings  # noqa: E402
 
 
 async def main() -> None:

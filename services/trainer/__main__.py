@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
+from shared import startup
 
-from services.trainer.handler import TrainerHandler, training_in_progress
-from shared.broker import TRAINER, Broker
-from shared.db import Pool
-from shared.messages import DatasetReady
-from shared.runtime import run, serve
-from shared.settings import Settings, TrainerSettings
+# First: a SIGTERM while the imports below run (seconds) exits cleanly.
+startup.exit_on_sigterm()
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from services.trainer.handler import TrainerHandler, training_in_progress  # noqa: E402
+from shared.broker import TRAINER, Broker  # noqa: E402
+from shared.db import Pool  # noqa: E402
+from shared.messages import DatasetReady  # noqa: E402
+from shared.runtime import run, serve  # noqa: E402
+from shared.settings import Settings, TrainerSettings  # noqa: E402
 
 
 def make_handler(pool: Pool, broker: Broker, settings: Settings) -> TrainerHandler:

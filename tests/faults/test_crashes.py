@@ -93,3 +93,17 @@ def test_services_exit_zero_on_sigterm_when_idle(pipeline: Pipeline) -> None:
             assert pipeline.wait_exit(key, timeout=10) == 0, pipeline.services[key].log()
         except subprocess.TimeoutExpired:
             pytest.fail(f"{key} ignored SIGTERM:\n{pipeline.services[key].log()}")
+
+
+def test_services_exit_zero_on_sigterm_while_starting(pipeline: Pipeline) -> None:
+    """SIGTERM during start-up (importing TensorFlow, connecting): exit 0, promptly."""
+    for name in ("fetcher", "trainer", "evaluator"):
+        pipeline.start(name)
+    time.sleep(1.0)
+    for key in list(pipeline.services):
+        pipeline.signal(key, signal.SIGTERM)
+    for key in list(pipeline.services):
+        try:
+            assert pipeline.wait_exit(key, timeout=10) == 0, pipeline.services[key].log()
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{key} ignored SIGTERM while starting:\n{pipeline.services[key].log()}")
