@@ -192,7 +192,7 @@ def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:
     """
     layers = batchnorm_layers(model)
     for layer in layers:
-        if _is_tf_variable(layer.momentum):
+        if is_tf_variable(layer.momentum):
             layer.momentum.assign(momentum)
         else:
             layer.momentum = momentum
@@ -216,16 +216,8 @@ def use_runtime_batchnorm_momentum(model: keras.Model, momentum: float = 0.99) -
     return variable
 
 
-def batchnorm_momentum(model: keras.Model) -> float | None:
-    """The momentum of the first BatchNormalization layer (None without any)."""
-    layers = batchnorm_layers(model)
-    if not layers:
-        return None
-    value = layers[0].momentum
-    return float(value.numpy()) if _is_tf_variable(value) else float(value)
-
-
-def _is_tf_variable(value: Any) -> bool:
+def is_tf_variable(value: Any) -> bool:
+    """A (runtime) variable rather than a Python number, e.g. a BatchNorm momentum."""
     return hasattr(value, "assign") and hasattr(value, "numpy")
 
 

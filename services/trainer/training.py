@@ -55,6 +55,7 @@ from shared.modeling import (
     batchnorm_layers,
     build_model,
     initialize_weights,
+    is_tf_variable,
     momentum_for_steps,
     set_batchnorm_momentum,
     use_runtime_batchnorm_momentum,
@@ -365,7 +366,7 @@ def recalibrate_batchnorm(model: keras.Model, dataset: Any) -> int:
     if not layers:
         return 0
     momenta = [layer.momentum for layer in layers]
-    shared = momenta[0] if _is_variable(momenta[0]) else None
+    shared = momenta[0] if is_tf_variable(momenta[0]) else None
     sums = [
         [np.zeros(layer.moving_mean.shape, np.float64) for layer in layers],
         [np.zeros(layer.moving_variance.shape, np.float64) for layer in layers],
@@ -413,10 +414,6 @@ def _training_forward(model: keras.Model, *, keep: bool) -> Any:
         if keep:
             _FORWARD[model] = forward
     return forward
-
-
-def _is_variable(value: Any) -> bool:
-    return hasattr(value, "assign") and hasattr(value, "numpy")
 
 
 def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
