@@ -83,27 +83,24 @@ async def test_sigterm_then_kill_9_during_training_resume_from_checkpoints(
     assert evaluations == 1
 
 
-def test_services_exit_zero_on_sigterm_when_idle(pipeline: Pipeline) -> None:
-    pipeline.start_all()
-    time.sleep(8)
-    for key in list(pipeline.services):
-        pipeline.signal(key, signal.SIGTERM)
-    for key in list(pipeline.services):
-        try:
-            assert pipeline.wait_exit(key, timeout=10) == 0, pipeline.services[key].log()
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{key} ignored SIGTERM:\n{pipeline.services[key].log()}")
-
-
-def test_services_exit_zero_on_sigterm_while_starting(pipeline: Pipeline) -> None:
-    """SIGTERM during start-up (importing TensorFlow, connecting): exit 0, promptly."""
+@pytest.mark.parametrize("when", ["starting", "idle"])
+def test_services_exit_zero_on_sigterm(pipeline: Pipeline, when: str) -> None:
+    """SIGTERM while starting (importing TensorFlow, connecting) or idle: exit 0, promptly."""
     for name in ("fetcher", "trainer", "evaluator"):
         pipeline.start(name)
-    time.sleep(1.0)
+    if when == "starting":
+        time.sleep(1.0)
+    else:
+        deadline = time.monotonic() + 180
+        while not all(
+            f"{key} ready" in service.log() for key, service in pipeline.services.items()
+        ):
+            assert time.monotonic() < deadline, pipeline.logs()
+            time.sleep(0.5)
     for key in list(pipeline.services):
         pipeline.signal(key, signal.SIGTERM)
     for key in list(pipeline.services):
         try:
             assert pipeline.wait_exit(key, timeout=10) == 0, pipeline.services[key].log()
         except subprocess.TimeoutExpired:
-            pytest.fail(f"{key} ignored SIGTERM while starting:\n{pipeline.services[key].log()}")
+            pytest.fail(f"{key} ignored SIGTERM ({when}):\n{pipeline.services[key].log()}")
