@@ -57,6 +57,7 @@ DEFAULT_PART_BYTES: Final = 4 * 1024 * 1024
 _PREFIX = struct.Struct("<8sQ")
 
 T = TypeVar("T")
+Buffer = bytes | bytearray | memoryview
 
 
 class CorruptWeights(PermanentError):
@@ -97,8 +98,13 @@ def iter_body_parts(
     kind: str,
     meta: dict[str, Any] | None = None,
     part_bytes: int = DEFAULT_PART_BYTES,
-) -> Iterator[bytes]:
+) -> Iterator[Buffer]:
     """Serialize ``variables`` (Keras/TF variables or arrays): magic, header, tensors, in parts.
+
+    Every part holds at most ``part_bytes``. Small tensors are packed together; a tensor of
+    at least a quarter part starts a part of its own and is cut into slices of its own
+    array, so most of the bytes are copied once only (out of TensorFlow). Parts are bytes,
+    bytearrays or memoryviews, none of them written to after it is yielded.
 
     Blocking (copies tensors out of TensorFlow); the digest part is added by the caller.
     """
@@ -107,29 +113,33 @@ def iter_body_parts(
     header = json.dumps(
         {"format": FORMAT, "kind": kind, "meta": meta or {}, "tensors": _tensor_specs(variables)}
     ).encode()
-    buf = bytearray(part_bytes)
-    fill = 0
+    large = max(1, part_bytes // 4)
+    pending = bytearray()
 
-    def put(chunk: bytes | memoryview) -> Iterator[bytes]:
-        nonlocal fill
-        view = memoryview(chunk).cast("B")
+    def put(view: memoryview) -> Iterator[Buffer]:
+        nonlocal pending
+        if len(view) >= large:
+            if pending:
+                yield pending
+                pending = bytearray()
+            for start in range(0, len(view), part_bytes):
+                yield view[start : start + part_bytes]
+            return
         while len(view):
-            n = min(len(view), part_bytes - fill)
-            buf[fill : fill + n] = view[:n]
-            fill += n
+            n = min(len(view), part_bytes - len(pending))
+            pending += view[:n]
             view = view[n:]
-            if fill == part_bytes:
-                yield bytes(buf)
-                fill = 0
+            if len(pending) == part_bytes:
+                yield pending
+                pending = bytearray()
 
-    yield from put(_PREFIX.pack(MAGIC, len(header)))
-    yield from put(header)
+    yield from put(memoryview(_PREFIX.pack(MAGIC, len(header))))
+    yield from put(memoryview(header))
     for v in variables:
         array = np.ascontiguousarray(v.numpy() if hasattr(v, "numpy") else np.asarray(v))
-        yield from put(array.reshape(-1).view(np.uint8).data)
-        del array
-    if fill:
-        yield bytes(buf[:fill])
+        yield from put(memoryview(array.reshape(-1).view(np.uint8)))
+    if pending:
+        yield pending
 
 
 async def _threaded(items: Iterator[T]) -> AsyncIterator[T]:
@@ -160,7 +170,7 @@ async def _settle(future: asyncio.Future[Any] | None) -> None:
 
 async def _stream_parts(
     variables: Sequence[Any], digest: _Digest, **kwargs: Any
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[Buffer]:
     """Body parts then the 32-byte digest part; serializing, hashing and sending overlap."""
     sha = hashlib.sha256()
     hashing: asyncio.Future[None] | None = None
@@ -188,7 +198,7 @@ async def _copy_stream(
     table: str,
     key: tuple[Any, ...],
     columns: list[str],
-    parts: AsyncIterator[bytes],
+    parts: AsyncIterator[Buffer],
 ) -> None:
     async def records() -> AsyncIterator[tuple[Any, ...]]:
         number = 0
@@ -235,80 +245,101 @@ class _StreamDecoder:
 
     ``resolve(header)`` returns, per header tensor, the variable to assign it to (or None
     to skip it); it may raise :class:`WeightsMismatch`. Hashing is done by the reader.
+    A tensor's bytes are copied once, from the parts straight into a new array of its
+    own, which is then assigned (and never written to again).
     """
 
     resolve: Resolver
     header: dict[str, Any] | None = None
-    _buf: bytearray = field(default_factory=bytearray)
+    _small: bytearray = field(default_factory=bytearray)  # the prefix or the header so far
     _targets: list[Any | None] = field(default_factory=list)
     _index: int = 0
     _state: str = "prefix"
     _header_len: int = 0
+    _array: np.ndarray | None = None  # the tensor being filled (None: skipped)
+    _size: int = 0
+    _filled: int = 0
 
-    def _take(self, n: int) -> bytes | None:
-        if len(self._buf) < n:
-            return None
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
+    def feed(self, part: Buffer) -> None:
+        view = memoryview(part).cast("B")
+        more = True
+        while more:
+            view, more = self._step(view)
 
-    def feed(self, part: bytes) -> None:
-        self._buf += part
-        while self._step():
-            pass
-
-    def _step(self) -> bool:
-        if self._state == "prefix":
-            raw = self._take(_PREFIX.size)
-            if raw is None:
-                return False
-            magic, self._header_len = _PREFIX.unpack(raw)
-            if magic != MAGIC:
-                raise CorruptWeights("not a chouette weights stream (bad magic bytes)")
-            self._state = "header"
-            return True
-        if self._state == "header":
-            raw = self._take(self._header_len)
-            if raw is None:
-                return False
-            try:
-                self.header = json.loads(raw)
-            except ValueError as exc:
-                raise CorruptWeights(f"unreadable weights header: {exc}") from exc
-            if not isinstance(self.header, dict) or self.header.get("format") != FORMAT:
-                raise CorruptWeights("weights header has an unknown format")
-            self._targets = self.resolve(self.header)
-            self._state = "tensors"
-            return True
+    def _step(self, view: memoryview) -> tuple[memoryview, bool]:
+        """Consume what the current state can from ``view``: (the rest, go on?)."""
+        if self._state in ("prefix", "header"):
+            wanted = _PREFIX.size if self._state == "prefix" else self._header_len
+            n = min(wanted - len(self._small), len(view))
+            self._small += view[:n]
+            if len(self._small) < wanted:
+                return view[n:], False
+            raw = bytes(self._small)
+            self._small.clear()
+            if self._state == "prefix":
+                magic, self._header_len = _PREFIX.unpack(raw)
+                if magic != MAGIC:
+                    raise CorruptWeights("not a chouette weights stream (bad magic bytes)")
+                self._state = "header"
+            else:
+                self._read_header(raw)
+            return view[n:], True
         if self._state == "tensors":
-            assert self.header is not None
-            tensors = self.header["tensors"]
-            if self._index == len(tensors):
-                self._state = "end"
-                return True
+            if not len(view):
+                return view, False
+            n = min(self._size - self._filled, len(view))
+            if self._array is not None:
+                dest = self._array.reshape(-1).view(np.uint8)
+                dest[self._filled : self._filled + n] = np.frombuffer(view[:n], dtype=np.uint8)
+            self._filled += n
+            if self._filled == self._size:
+                self._complete()
+            return view[n:], True
+        if len(view):
+            raise CorruptWeights(f"{len(view)} unexpected bytes after the last tensor")
+        return view, False
+
+    def _read_header(self, raw: bytes) -> None:
+        try:
+            self.header = json.loads(raw)
+        except ValueError as exc:
+            raise CorruptWeights(f"unreadable weights header: {exc}") from exc
+        if not isinstance(self.header, dict) or self.header.get("format") != FORMAT:
+            raise CorruptWeights("weights header has an unknown format")
+        self._targets = self.resolve(self.header)
+        self._state = "tensors"
+        self._next_tensor()
+
+    def _next_tensor(self) -> None:
+        """Prepare the array of tensor ``_index``; empty tensors complete at once."""
+        assert self.header is not None
+        tensors = self.header["tensors"]
+        while self._index < len(tensors):
             spec = tensors[self._index]
             dtype = np.dtype(spec["dtype"])
-            count = int(np.prod(spec["shape"], dtype=np.int64))
-            size = count * dtype.itemsize
-            if len(self._buf) < size:
-                return False
+            shape = tuple(int(d) for d in spec["shape"])
+            self._size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            self._filled = 0
             target = self._targets[self._index]
-            if target is not None:
-                # An immutable copy: TensorFlow may alias the array while assigning, and the
-                # bytearray must stay resizable.
-                with memoryview(self._buf) as view:
-                    chunk = bytes(view[:size])
-                target.assign(np.frombuffer(chunk, dtype=dtype, count=count).reshape(spec["shape"]))
-                del chunk
-            del self._buf[:size]
-            self._index += 1
-            return True
-        if self._buf:
-            raise CorruptWeights(f"{len(self._buf)} unexpected bytes after the last tensor")
-        return False
+            self._array = None if target is None else np.empty(shape, dtype=dtype)
+            if self._size:
+                return
+            self._assign()
+        self._state = "end"
+
+    def _complete(self) -> None:
+        self._assign()
+        self._next_tensor()
+
+    def _assign(self) -> None:
+        target = self._targets[self._index]
+        if target is not None:
+            target.assign(self._array)
+        self._array = None
+        self._index += 1
 
     def finish(self, nbytes: int) -> None:
-        if self._state != "end" or self._buf:
+        if self._state != "end":
             raise CorruptWeights(
                 f"weights stream truncated ({nbytes} bytes, stopped in {self._state})"
             )

@@ -344,6 +344,7 @@ class TrainerHandler:
                 hyperparams={**hyperparams, **extra},
                 library_versions=versions,
                 train_seconds=outcome.train_seconds,
+                finish_seconds=outcome.finish_seconds,
                 images_per_second=outcome.images_per_second,
                 best_epoch=outcome.best_epoch,
                 final_metrics=outcome.final_metrics,

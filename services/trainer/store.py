@@ -257,6 +257,7 @@ async def finish_model(
     hyperparams: Mapping[str, Any],
     library_versions: Mapping[str, str],
     train_seconds: float,
+    finish_seconds: float,
     images_per_second: float | None,
     best_epoch: int,
     final_metrics: Mapping[str, Any],
@@ -265,8 +266,8 @@ async def finish_model(
     await con.execute(
         "UPDATE models SET status = 'trained', weights_sha256 = $2, weights_bytes = $3,"
         " hyperparams = $4, library_versions = $5, train_seconds = $6,"
-        " images_per_second = $7, best_epoch = $8, final_metrics = $9, trained_at = now()"
-        " WHERE id = $1",
+        " images_per_second = $7, best_epoch = $8, final_metrics = $9, trained_at = now(),"
+        " finish_seconds = $10 WHERE id = $1",
         model_id,
         sha256,
         nbytes,
@@ -276,4 +277,5 @@ async def finish_model(
         images_per_second,
         best_epoch,
         dict(final_metrics),
+        finish_seconds,
     )

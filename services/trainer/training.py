@@ -198,6 +198,7 @@ class Outcome:
     # Where ``model`` may go back to (``Job.models``) once its weights are stored.
     model_key: Hashable | None = None
     reused: bool = False
+    finish_seconds: float = 0.0  # BatchNorm re-estimation and the final validation
 
     @property
     def train_seconds(self) -> float:
@@ -536,10 +537,11 @@ def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
             job.train, spec.image_size, batch_size, cache_dir=job.cache_dir, cache_name="stats"
         )
         recalibrated = recalibrate_batchnorm(model, stats_ds)
+    recalibrated_at = time.monotonic()
     final = _final_metrics(model, loop, best, val_ds)
     logger.info(
-        "BatchNorm re-estimated (%d layers) and validated in %.2f s",
-        recalibrated, time.monotonic() - finishing,
+        "BatchNorm re-estimated (%d layers) in %.2f s, validated in %.2f s",
+        recalibrated, recalibrated_at - finishing, time.monotonic() - recalibrated_at,
     )  # fmt: skip
     return Outcome(
         model=model,
@@ -552,6 +554,7 @@ def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
         class_weights=weights,
         model_key=key,
         reused=reused,
+        finish_seconds=time.monotonic() - finishing,
     )
 
 

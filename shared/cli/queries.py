@@ -101,7 +101,8 @@ async def model(con: Con, model_id: int) -> Row | None:
         await con.fetchrow(
             "SELECT m.id AS model_id, m.request_id, m.dataset_id, m.architecture, m.hyperparams,"
             " m.class_names, m.input_shape, m.status, m.weights_sha256, m.weights_bytes,"
-            " m.library_versions, m.train_seconds, m.images_per_second, m.best_epoch,"
+            " m.library_versions, m.train_seconds, m.finish_seconds, m.images_per_second,"
+            " m.best_epoch,"
             " m.final_metrics, m.created_at, m.trained_at,"
             " d.start_date, d.end_date, d.tags, d.n_images, d.counts, d.split_counts"
             " FROM models m JOIN datasets d ON d.id = m.dataset_id WHERE m.id = $1",

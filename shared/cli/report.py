@@ -121,7 +121,8 @@ def summary_markdown(
         f"# Model {model['model_id']}: {model['architecture']}",
         "",
         f"- status: {model['status']}; trained {fmt(model['trained_at'])}"
-        f" in {fmt(model['train_seconds'], 1)} s",
+        f" in {fmt(model['train_seconds'], 1)} s"
+        f" (+ {fmt(model['finish_seconds'], 1)} s BatchNorm re-estimation and final validation)",
         f"- dataset {model['dataset_id']}: images {model['start_date']}..{model['end_date']},"
         f" tags {fmt(model['tags'])}, {model['n_images']} images, counts {model['counts']},"
         f" splits {model['split_counts']}",

@@ -84,6 +84,7 @@ async def test_trains_records_registry_and_reemits_on_redelivery(pool: Any) -> N
     assert 0.5 <= model["hyperparams"]["bn_momentum"] < 0.99
     assert set(model["library_versions"]) >= {"tensorflow", "keras"}
     assert model["train_seconds"] > 0 and model["images_per_second"] > 0
+    assert 0 < model["finish_seconds"] < model["train_seconds"]  # 2 epochs vs 1 pass + 1 val
     assert model["best_epoch"] in (1, 2)
     assert {"val_loss", "val_accuracy", "final_val_accuracy", "stopped"} <= set(
         model["final_metrics"]

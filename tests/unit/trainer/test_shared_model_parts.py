@@ -202,3 +202,42 @@ def test_training_dataset_batches_shuffles_and_augments() -> None:
     assert not np.allclose(first, unaugmented)
     assert not np.allclose(first, second)  # new variants every epoch
     assert first.min() >= -1e-3 and first.max() <= 255.0 + 1e-3
+
+
+def test_stream_packs_small_tensors_and_slices_large_ones() -> None:
+    rng = np.random.default_rng(2)
+    source = [
+        FakeVariable("small", rng.normal(size=(3,)).astype(np.float32)),  # 12 bytes: packed
+        FakeVariable("large", rng.normal(size=(100,)).astype(np.float32)),  # 400: sliced
+        FakeVariable("empty", np.zeros((0, 4), np.float32)),
+        FakeVariable("tail", np.arange(5, dtype=np.int64)),
+    ]
+    parts = list(weight_store.iter_body_parts(source, kind="weights", part_bytes=128))
+    assert all(0 < len(p) <= 128 for p in parts)
+    # The large tensor's bytes go out as views of its own array, not as copies.
+    views = [p for p in parts if isinstance(p, memoryview)]
+    assert sum(len(v) for v in views) >= 400
+    target = [FakeVariable(v.path, np.full_like(v.value, 9)) for v in source]
+    decoder = decode([bytes(p) for p in parts], target)
+    decoder.finish(sum(map(len, parts)))
+    for s, t in zip(source, target, strict=True):
+        np.testing.assert_array_equal(s.value, t.value)
+
+
+def test_decoder_skips_tensors_without_a_target() -> None:
+    source = variables(0)
+    parts = list(weight_store.iter_body_parts(source, kind="weights", part_bytes=16))
+    kept = variables(1)
+    decoder = weight_store._StreamDecoder(lambda header: [kept[0], None, kept[2]])
+    for part in parts:
+        decoder.feed(part)
+    decoder.finish(0)
+    np.testing.assert_array_equal(kept[0].value, source[0].value)
+    assert not np.array_equal(kept[1].value, source[1].value)  # left alone
+    np.testing.assert_array_equal(kept[2].value, source[2].value)
+
+
+def test_decoder_rejects_bytes_after_the_last_tensor() -> None:
+    parts = list(weight_store.iter_body_parts(variables(0), kind="weights"))
+    with pytest.raises(weight_store.CorruptWeights, match="3 unexpected bytes"):
+        decode([*parts, b"xyz"], variables(1))
