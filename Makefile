@@ -56,7 +56,7 @@ endif
 # Two workers, one test file each at a time: the suite waits on servers and subprocesses
 # as much as it computes, and a file's tests may share a session stack (tests/e2e).
 test: venv system-deps
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 # The load fault test alone (also part of make test): 50 training requests, two trainers.
 test-load: venv system-deps

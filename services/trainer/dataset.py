@@ -1,12 +1,15 @@
 """The training input: a split's images (bytes from Postgres) → batched ``tf.data`` pipeline.
 
     encoded bytes ─map(decode_resize, parallel)─▶ cache ─▶ shuffle(seed) ─▶ batch
-        ─▶ map(augment, parallel) ─▶ prefetch
+        ─▶ map(augment, one batch at a time) ─▶ prefetch
 
 Decoding is ``shared.images.decode_resize``, the same op the evaluator and
 ``chouette predict`` use. Decoded images are cached (in memory, or in files under
 ``cache_dir``), so only the first epoch decodes; augmentation runs after the cache, on
-whole batches, so every epoch sees new variants. Labels are class indices in the
+whole batches, so every epoch sees new variants. The augmentation map is sequential: its
+random layers draw from one seeded generator, and batches augmented in parallel would take
+the draws in a racy order; in order, the same seed gives the same images (the prefetch
+still overlaps it with training, and each batch's ops use every core). Labels are class indices in the
 order of the model's class names; :func:`class_weights` balances imbalanced classes.
 """
 
@@ -116,10 +119,7 @@ def training_dataset(
     ds = ds.batch(batch_size)
     if augment:
         augmenter = make_augmenter(seed)
-        ds = ds.map(
-            lambda x, y: (augmenter(x, training=True), y),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+        ds = ds.map(lambda x, y: (augmenter(x, training=True), y))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

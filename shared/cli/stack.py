@@ -1,8 +1,10 @@
-"""The simulator and the three services as subprocesses (demo, benchmark, end-to-end tests).
+"""The simulator and the three services as subprocesses (demo, benchmarks, e2e and fault tests).
 
 Services are started by module name (``python -m services.NAME``), so ``shared/`` still
-imports no service. Each one logs to its own file; a service is ready when its log says
-``NAME ready`` (``shared.runtime.serve``), the simulator when its port answers.
+imports no service. Each process logs to its own file, named by its key (the service's
+name, or e.g. ``trainer2`` for a second trainer); a process started again under the same
+key appends to that file. A service is ready when its output says ``NAME ready``
+(``shared.runtime.serve``), the simulator when its port answers.
 """
 
 from __future__ import annotations
@@ -23,16 +25,31 @@ SERVICES = ("fetcher", "trainer", "evaluator")
 
 @dataclass
 class Process:
-    name: str
+    name: str  # the key: "trainer", "trainer2"...
+    service: str  # the module under services/
     popen: subprocess.Popen[bytes]
     log: Path
+    offset: int = 0  # where this run's output starts in the log
+
+    def text(self) -> str:
+        """The whole log (earlier runs under the same key included)."""
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def output(self) -> str:
+        """This run's output only."""
+        try:
+            with self.log.open("rb") as f:
+                f.seek(self.offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def tail(self, lines: int = 60) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        text = self.text()
+        return "\n".join(text.splitlines()[-lines:]) if text else "(no log)"
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -85,19 +102,33 @@ class Stack:
     processes: dict[str, Process] = field(default_factory=dict)
 
     def start(self, names: Iterable[str]) -> None:
-        self.logdir.mkdir(parents=True, exist_ok=True)
         for name in names:
-            log = self.logdir / f"{name}.log"
-            with log.open("wb") as out:
-                popen = subprocess.Popen(
-                    [sys.executable, "-m", f"services.{name}"],
-                    cwd=ROOT,
-                    env=self.env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # a Ctrl-C meant for us does not hit them first
-                )
-            self.processes[name] = Process(name, popen, log)
+            self.launch(name)
+
+    def launch(
+        self, service: str, key: str | None = None, env: Mapping[str, str] | None = None
+    ) -> Process:
+        """Start ``services.<service>`` as ``key`` (default: its name), ``env`` added."""
+        key = key or service
+        previous = self.processes.get(key)
+        if previous is not None and previous.popen.poll() is None:
+            raise RuntimeError(f"{key} is already running")
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        log = self.logdir / f"{key}.log"
+        with log.open("ab" if previous else "wb") as out:
+            offset = out.tell()  # before the child shares (and moves) the file position
+            popen = subprocess.Popen(
+                [sys.executable, "-m", f"services.{service}"],
+                cwd=ROOT,
+                env={**self.env, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C meant for us does not hit them first
+            )
+        process = Process(key, service, popen, log, offset)
+        self.processes[key] = process
+        return process
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -118,12 +149,9 @@ class Stack:
             time.sleep(0.2)
 
     def _ready(self, process: Process) -> bool:
-        if process.name == "simulator":
+        if process.service == "simulator":
             return port_open(int(self.env.get("SIMULATOR_PORT", "8081")))
-        try:
-            return f"{process.name} ready" in process.log.read_text(errors="replace")
-        except OSError:
-            return False
+        return f"{process.service} ready" in process.output()
 
     def dead(self) -> list[str]:
         return [n for n, p in self.processes.items() if p.popen.poll() is not None]

@@ -33,7 +33,7 @@ async def epoch_rows(pipeline: Pipeline, request_id: uuid.UUID) -> list[dict[str
 
 async def wait_for_log(pipeline: Pipeline, key: str, text: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
-    while text not in pipeline.services[key].log():
+    while text not in pipeline.services[key].text():
         if time.monotonic() > deadline:
             pytest.fail(f"{key} never logged {text!r}:\n{pipeline.logs()}")
         await asyncio.sleep(0.5)

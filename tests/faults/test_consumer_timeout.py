@@ -44,7 +44,7 @@ async def test_training_longer_than_consumer_timeout_completes_once(
         await assert_one_model(pipeline, request_id)
         epochs = await epoch_rows(pipeline, request_id)
         assert [e["epoch"] for e in epochs] == list(range(1, 9))
-        trainer_log = pipeline.services["trainer"].log()
+        trainer_log = pipeline.services["trainer"].text()
         # The broker did time the delivery out, and the redelivery joined the training.
         assert "joining the running training" in trainer_log
         assert trainer_log.count("training ResNet50") == 1  # trained once

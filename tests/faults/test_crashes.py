@@ -74,7 +74,7 @@ async def test_sigterm_then_kill_9_during_training_resume_from_checkpoints(
     assert epochs[: len(first_epochs)] == first_epochs
     assert epochs[: len(before_kill)] == before_kill
     assert done_before_kill > committed
-    logs = {k: s.log() for k, s in pipeline.services.items()}
+    logs = {k: s.text() for k, s in pipeline.services.items()}
     assert "resuming after epoch" in logs["trainer2"]
     assert "resuming after epoch" in logs["trainer3"]
     evaluations = await pipeline.pool.fetchval(
@@ -91,16 +91,11 @@ def test_services_exit_zero_on_sigterm(pipeline: Pipeline, when: str) -> None:
     if when == "starting":
         time.sleep(1.0)
     else:
-        deadline = time.monotonic() + 180
-        while not all(
-            f"{key} ready" in service.log() for key, service in pipeline.services.items()
-        ):
-            assert time.monotonic() < deadline, pipeline.logs()
-            time.sleep(0.5)
+        pipeline.stack.wait_ready(180)
     for key in list(pipeline.services):
         pipeline.signal(key, signal.SIGTERM)
     for key in list(pipeline.services):
         try:
-            assert pipeline.wait_exit(key, timeout=10) == 0, pipeline.services[key].log()
+            assert pipeline.wait_exit(key, timeout=10) == 0, pipeline.services[key].text()
         except subprocess.TimeoutExpired:
-            pytest.fail(f"{key} ignored SIGTERM ({when}):\n{pipeline.services[key].log()}")
+            pytest.fail(f"{key} ignored SIGTERM ({when}):\n{pipeline.services[key].text()}")

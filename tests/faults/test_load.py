@@ -51,7 +51,7 @@ async def test_many_requests_two_trainers_all_complete_once(pipeline: Pipeline) 
     )
     assert duplicates == 0
     # Both trainers did real work (competing consumers, prefetch 1).
-    logs = {key: service.log() for key, service in pipeline.services.items()}
+    logs = {key: service.text() for key, service in pipeline.services.items()}
     for key in ("trainer-a", "trainer-b"):
         assert "trained" in logs[key], f"{key} trained nothing"
     assert await pool.fetchval("SELECT count(*) FROM failures") == 0

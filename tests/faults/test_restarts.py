@@ -46,7 +46,7 @@ async def test_rabbitmq_restart_while_requests_are_in_flight(
             assert row["status"] == "succeeded", (row["error"], pipeline.logs())
             await assert_one_model(pipeline, request_id)
         for key, service in pipeline.services.items():
-            assert service.process.poll() is None, f"{key} died:\n{service.log()[-3000:]}"
+            assert service.popen.poll() is None, f"{key} died:\n{service.text()[-3000:]}"
         evaluations = await pipeline.pool.fetchval("SELECT count(*) FROM evaluations")
         assert evaluations == len(requests)
 

@@ -1,13 +1,17 @@
-"""Services as real subprocesses, for end-to-end and fault tests.
+"""Services as real subprocesses, for fault tests and service-level integration tests.
 
-``pipeline`` starts ``python -m services.<name>`` processes against this test's database,
-broker namespace and the session's simulator, captures each one's log, and stops them
-all at the end. Fault tests kill, signal and restart them::
+``pipeline`` starts ``python -m services.<name>`` processes (through the same
+:class:`shared.cli.stack.Stack` as the demo, the benchmarks and the e2e harness) against
+this test's database, broker namespace and the session's simulator, and stops them all at
+the end. Fault tests kill, signal and restart them::
 
     async def test_x(pipeline: Pipeline) -> None:
         pipeline.start("fetcher"); pipeline.start("trainer"); pipeline.start("evaluator")
         request_id = await pipeline.submit_training(...)
         row = await pipeline.wait_for(request_id)
+
+Unlike the e2e harness (one pipeline for the session, driven through the CLI), each test
+gets its own processes and publishes its messages directly.
 """
 
 from __future__ import annotations
@@ -16,11 +20,9 @@ import asyncio
 import datetime as dt
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ import pytest
 
 from shared import db
 from shared.broker import Broker
+from shared.cli.stack import Process, Stack, pipeline_env
 from shared.messages import (
     DatasetSpec,
     EvaluationRequested,
@@ -37,18 +40,6 @@ from shared.messages import (
     TrainingRequested,
 )
 from shared.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Service:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 @dataclass
@@ -58,66 +49,56 @@ class Pipeline:
     broker: Broker
     log_dir: Path
     env: dict[str, str] = field(default_factory=dict)
-    services: dict[str, Service] = field(default_factory=dict)
+    stack: Stack = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stack = Stack(self.base_env(), self.log_dir)
 
     def base_env(self) -> dict[str, str]:
         s = self.settings
-        return {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("FETCHER_", "TRAINER_"))},
-            "AMQP_URL": s.amqp_url.get_secret_value(),
-            "DATABASE_URL": s.database_url.get_secret_value(),
-            "BROKER_NAMESPACE": s.broker_namespace,
-            "BROKER_DELIVERY_LIMIT": str(s.broker_delivery_limit),
-            "AMQP_HEARTBEAT": "10",
-            "LOG_LEVEL": "INFO",
-            "PYTHONUNBUFFERED": "1",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "TRAINER_STOP_GRACE_SECONDS": "2",
-            **self.env,
-        }
-
-    def start(self, name: str, key: str | None = None, **env: str) -> Service:
-        """Start ``services.<name>`` as ``key`` (default: the name)."""
-        key = key or name
-        log_path = self.log_dir / f"{key}.log"
-        log = open(log_path, "ab")  # noqa: SIM115
-        process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
-            cwd=ROOT,
-            env={**self.base_env(), **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+        # The test run's own FETCHER_/TRAINER_ settings would change what a test measures.
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("FETCHER_", "TRAINER_"))}
+        env = pipeline_env(
+            amqp_url=s.amqp_url.get_secret_value(),
+            database_url=s.database_url.get_secret_value(),
+            namespace=s.broker_namespace,
+            simulator_port=None,  # the session's simulator: in ``env``
+            base=base,
         )
-        log.close()
-        service = Service(key, process, log_path)
-        self.services[key] = service
-        return service
+        env.update(
+            {
+                "BROKER_DELIVERY_LIMIT": str(s.broker_delivery_limit),
+                "AMQP_HEARTBEAT": "10",
+                "LOG_LEVEL": "INFO",
+                "TRAINER_STOP_GRACE_SECONDS": "2",
+                **self.env,
+            }
+        )
+        return env
+
+    @property
+    def services(self) -> Mapping[str, Process]:
+        return self.stack.processes
+
+    def start(self, name: str, key: str | None = None, **env: str) -> Process:
+        """Start ``services.<name>`` as ``key`` (default: the name)."""
+        return self.stack.launch(name, key, env)
 
     def start_all(self, **env: str) -> None:
         for name in ("fetcher", "trainer", "evaluator"):
             self.start(name, **env)
 
     def signal(self, key: str, sig: int = signal.SIGKILL) -> None:
-        self.services[key].process.send_signal(sig)
+        self.services[key].popen.send_signal(sig)
 
     def wait_exit(self, key: str, timeout: float) -> int:
-        return self.services[key].process.wait(timeout)
+        return self.services[key].popen.wait(timeout)
 
     def stop_all(self, timeout: float = 15) -> None:
-        for service in self.services.values():
-            if service.process.poll() is None:
-                service.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for service in self.services.values():
-            try:
-                service.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                service.process.kill()
-                service.process.wait()
+        self.stack.stop(timeout)
 
     def logs(self) -> str:
-        return "\n".join(f"===== {k} =====\n{s.log()[-6000:]}" for k, s in self.services.items())
+        return "\n".join(f"===== {k} =====\n{p.text()[-6000:]}" for k, p in self.services.items())
 
     # -- requests ---------------------------------------------------------------------------
 

@@ -210,8 +210,7 @@ def _weights(outcome: training.Outcome) -> list[np.ndarray]:
 
 def test_a_kept_network_trains_like_a_new_one_with_the_same_seed() -> None:
     cache: ModelCache[Any, Any] = ModelCache(2)
-    # No augmentation: its parallel map draws in a nondeterministic order.
-    fresh = training.train(job(epochs=2, seed=7, augment=False), MemoryHooks(), threading.Event())
+    fresh = training.train(job(epochs=2, seed=7, augment=True), MemoryHooks(), threading.Event())
     assert not fresh.reused and fresh.model_key is not None
 
     first = job(epochs=1, seed=3)
@@ -219,12 +218,12 @@ def test_a_kept_network_trains_like_a_new_one_with_the_same_seed() -> None:
     other = training.train(first, MemoryHooks(), threading.Event())
     cache.release(other.model_key, other.model)
 
-    again = job(epochs=2, seed=7, augment=False)
+    again = job(epochs=2, seed=7, augment=True)
     again.models = cache
     hooks = MemoryHooks()
     reused = training.train(again, hooks, threading.Event())
     assert reused.reused and reused.model is other.model and len(cache) == 0
-    # Same seed, same data: the same training, bit for bit, whatever ran before.
+    # Same seed, same (augmented) data: the same training, bit for bit, whatever ran before.
     assert [r.loss for r in hooks.results] == [r.loss for r in fresh.history]
     for a, b in zip(_weights(reused), _weights(fresh), strict=True):
         np.testing.assert_array_equal(a, b)
