@@ -1,7 +1,7 @@
 """Training images/s: the Postgres-backed ``tf.data`` input vs the same model on in-memory tensors.
 
     .venv/bin/python -m bench.bench_input [--arch ResNet50] [--image-size 64] [--images 192]
-                                          [--epochs 3] [--batch-size 32] [--repeats 3]
+                                          [--epochs 3] [--batch-size 32] [--repeats 5]
 
 Uses ``BENCH_DATABASE_URL`` when set, else starts a private PostgreSQL. Seeds a dataset
 of simulated photos, then times, alternately:
@@ -12,9 +12,12 @@ of simulated photos, then times, alternately:
   the first epoch decodes, later ones read the cache — all of it is timed;
 - baseline: ``model.fit`` of the same network on the already decoded NumPy arrays.
 
-Each side has its own model, warmed up by one untimed epoch (graph tracing). The
+Each side has its own model, warmed up by one untimed epoch (graph tracing). The two
+sides run in pairs, back to back, the first of a pair alternating; the result is the
+median of the pairs' ratios (this shared machine's speed drifts by a third within
+minutes: comparing runs far apart, or each side's best, measured the drift). The
 augmented pipeline's images/s is printed for information. Last line:
-``{"bench": "input", "ratio": pipeline/baseline (best runs), "target": 0.95, "pass": ...}``.
+``{"bench": "input", "ratio": median pipeline/baseline, "target": 0.95, "pass": ...}``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -95,18 +99,26 @@ def run(dsn: str, dataset_id: int, args: argparse.Namespace) -> dict[str, Any]:
     pipeline(piped, False, 1)  # warm-up: traces the training step
     baseline(plain, 1)
     pipeline(augmented, True, 1)
-    pipeline_runs, baseline_runs = [], []
-    for _ in range(args.repeats):
-        pipeline_runs.append(pipeline(piped, False, args.epochs))
-        baseline_runs.append(baseline(plain, args.epochs))
+    pipeline_runs, baseline_runs, ratios = [], [], []
+    for i in range(args.repeats):
+        if i % 2 == 0:
+            piped_rate = pipeline(piped, False, args.epochs)
+            plain_rate = baseline(plain, args.epochs)
+        else:
+            plain_rate = baseline(plain, args.epochs)
+            piped_rate = pipeline(piped, False, args.epochs)
+        pipeline_runs.append(piped_rate)
+        baseline_runs.append(plain_rate)
+        ratios.append(piped_rate / plain_rate)
         print(
-            f"pipeline {pipeline_runs[-1]:.1f} images/s,"
-            f" in-memory {baseline_runs[-1]:.1f} images/s",
+            f"pair {i + 1}: pipeline {piped_rate:.1f} images/s,"
+            f" in-memory {plain_rate:.1f} images/s, ratio {ratios[-1]:.3f}",
             flush=True,
         )
     return {
-        "pipeline": max(pipeline_runs),
-        "baseline": max(baseline_runs),
+        "ratio": statistics.median(ratios),
+        "pipeline": statistics.median(pipeline_runs),
+        "baseline": statistics.median(baseline_runs),
         "augmented": pipeline(augmented, True, args.epochs),
         "n_images": len(x),
     }
@@ -119,7 +131,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=192)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="pairs of timed runs")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -140,11 +152,11 @@ def main() -> None:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    ratio = result["pipeline"] / result["baseline"]
+    ratio = result["ratio"]
     print(
         f"{args.arch} {args.image_size}px, {result['n_images']} images, batch {args.batch_size},"
-        f" {args.epochs} epochs: Postgres + tf.data {result['pipeline']:.1f} images/s,"
-        f" in-memory tensors {result['baseline']:.1f} images/s;"
+        f" {args.epochs} epochs (medians): Postgres + tf.data {result['pipeline']:.1f} images/s,"
+        f" in-memory tensors {result['baseline']:.1f} images/s, ratio {ratio:.3f};"
         f" with augmentation {result['augmented']:.1f} images/s"
     )
     print(
