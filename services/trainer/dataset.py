@@ -9,8 +9,9 @@ Decoding is ``shared.images.decode_resize``, the same op the evaluator and
 whole batches, so every epoch sees new variants. The augmentation map is sequential: its
 random layers draw from one seeded generator, and batches augmented in parallel would take
 the draws in a racy order; in order, the same seed gives the same images (the prefetch
-still overlaps it with training, and each batch's ops use every core). Labels are class indices in the
-order of the model's class names; :func:`class_weights` balances imbalanced classes.
+still overlaps it with training, and each batch's ops use every core). Labels are class
+indices in the order of the model's class names; :func:`class_weights` balances imbalanced
+classes.
 """
 
 from __future__ import annotations

@@ -122,7 +122,11 @@ def summary_markdown(
         "",
         f"- status: {model['status']}; trained {fmt(model['trained_at'])}"
         f" in {fmt(model['train_seconds'], 1)} s"
-        f" (+ {fmt(model['finish_seconds'], 1)} s BatchNorm re-estimation and final validation)",
+        + (
+            f" (+ {fmt(model['finish_seconds'], 1)} s BatchNorm re-estimation and validation)"
+            if model.get("finish_seconds") is not None
+            else ""
+        ),
         f"- dataset {model['dataset_id']}: images {model['start_date']}..{model['end_date']},"
         f" tags {fmt(model['tags'])}, {model['n_images']} images, counts {model['counts']},"
         f" splits {model['split_counts']}",
