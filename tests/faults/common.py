@@ -31,7 +31,7 @@ async def epoch_rows(pipeline: Pipeline, request_id: uuid.UUID) -> list[dict[str
     return [dict(r) for r in rows]
 
 
-async def wait_for_log(pipeline: Pipeline, key: str, text: str, timeout: float = 300) -> None:
+async def wait_for_log(pipeline: Pipeline, key: str, text: str, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while text not in pipeline.services[key].text():
         if time.monotonic() > deadline:

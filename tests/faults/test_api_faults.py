@@ -18,7 +18,7 @@ async def test_rejected_credentials_fail_the_request_clearly(
     simulator_server.set_faults(unauthorized=True)  # type: ignore[attr-defined]
     pipeline.start("fetcher", LOG_LEVEL="DEBUG")
     request_id = await pipeline.submit_training(*TRAIN)
-    row = await pipeline.wait_for(request_id, timeout=120)
+    row = await pipeline.wait_for(request_id, timeout=300)
     assert row["status"] == "failed"
     assert row["stage"] == "fetching"
     assert "credentials rejected" in row["error"]
@@ -42,7 +42,7 @@ async def test_flaky_listing_and_corrupt_images_still_complete(
     )
     pipeline.start_all(FETCHER_BACKOFF_BASE="0.05", FETCHER_BACKOFF_MAX="0.2")
     request_id = await pipeline.submit_training(*TRAIN)
-    row = await pipeline.wait_for(request_id, timeout=400)
+    row = await pipeline.wait_for(request_id, timeout=900)
     assert row["status"] == "succeeded", f"{dict(row)}\n{pipeline.logs()}"
     assert simulator_server.stats["status_503"] == 3  # type: ignore[attr-defined]
 

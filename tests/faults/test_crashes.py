@@ -36,10 +36,10 @@ async def test_sigterm_then_kill_9_during_training_resume_from_checkpoints(
     pipeline.start("evaluator")
     pipeline.start("trainer", key="trainer1")
     request_id = await pipeline.submit_training(
-        *MONTH, epochs=6, image_size=32, batch_size=8, early_stopping_patience=10
+        *MONTH, epochs=5, image_size=32, batch_size=8, early_stopping_patience=10
     )
 
-    await pipeline.wait_until(f"SELECT ({EPOCHS_OF_REQUEST}) >= 1", request_id, timeout=300)
+    await pipeline.wait_until(f"SELECT ({EPOCHS_OF_REQUEST}) >= 1", request_id, timeout=600)
     await asyncio.sleep(1.0)  # inside epoch 2
     pipeline.signal("trainer1", signal.SIGTERM)
     started = time.monotonic()
@@ -56,7 +56,7 @@ async def test_sigterm_then_kill_9_during_training_resume_from_checkpoints(
         f"SELECT CASE WHEN ({EPOCHS_OF_REQUEST}) > $2 THEN ({EPOCHS_OF_REQUEST}) END",
         request_id,
         committed,
-        timeout=300,
+        timeout=600,
     )
     await asyncio.sleep(1.0)  # inside the next epoch
     pipeline.signal("trainer2", signal.SIGKILL)
@@ -64,12 +64,12 @@ async def test_sigterm_then_kill_9_during_training_resume_from_checkpoints(
     before_kill = await epoch_rows(pipeline, request_id)
 
     pipeline.start("trainer", key="trainer3")
-    row = await pipeline.wait_for(request_id, timeout=400)
+    row = await pipeline.wait_for(request_id, timeout=900)
     assert row["status"] == "succeeded", row["error"]
     await assert_one_model(pipeline, request_id)
 
     epochs = await epoch_rows(pipeline, request_id)
-    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5, 6]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5]
     # Epochs finished before each interruption were kept, not trained again.
     assert epochs[: len(first_epochs)] == first_epochs
     assert epochs[: len(before_kill)] == before_kill
@@ -91,7 +91,7 @@ def test_services_exit_zero_on_sigterm(pipeline: Pipeline, when: str) -> None:
     if when == "starting":
         time.sleep(1.0)
     else:
-        pipeline.stack.wait_ready(180)
+        pipeline.stack.wait_ready(400)
     for key in list(pipeline.services):
         pipeline.signal(key, signal.SIGTERM)
     for key in list(pipeline.services):

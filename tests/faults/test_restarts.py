@@ -27,7 +27,7 @@ async def test_rabbitmq_restart_while_requests_are_in_flight(
         await pipeline.wait_until(
             "SELECT count(*) FROM training_requests WHERE stage IN ('training', 'evaluating')"
             " OR status = 'succeeded'",
-            timeout=300,
+            timeout=600,
         )
         await asyncio.to_thread(rabbit.stop)
         await asyncio.sleep(3)
@@ -42,7 +42,7 @@ async def test_rabbitmq_restart_while_requests_are_in_flight(
                 await asyncio.sleep(1)
         assert len(requests) == 4, "could not publish after the restart"
         for request_id in requests:
-            row = await pipeline.wait_for(request_id, timeout=400)
+            row = await pipeline.wait_for(request_id, timeout=900)
             assert row["status"] == "succeeded", (row["error"], pipeline.logs())
             await assert_one_model(pipeline, request_id)
         for key, service in pipeline.services.items():
@@ -58,13 +58,13 @@ async def test_postgres_restart_mid_pipeline(
         pipeline.start_all()
         requests = [await pipeline.submit_training(*SHORT, seed=i, epochs=2) for i in range(2)]
         await pipeline.wait_until(
-            "SELECT count(*) FROM training_requests WHERE stage = 'training'", timeout=300
+            "SELECT count(*) FROM training_requests WHERE stage = 'training'", timeout=600
         )
         await asyncio.to_thread(private_postgres.stop)
         await asyncio.sleep(3)
         await asyncio.to_thread(private_postgres.start)
         for request_id in requests:
-            row = await pipeline.wait_for(request_id, timeout=400)
+            row = await pipeline.wait_for(request_id, timeout=900)
             assert row["status"] == "succeeded", (row["error"], pipeline.logs())
             await assert_one_model(pipeline, request_id)
         # Nothing half-written: every trained model has all its weight parts and a checksum,

@@ -139,7 +139,7 @@ class Pipeline:
         return message.request_id
 
     async def wait_for(
-        self, request_id: uuid.UUID, timeout: float = 300, statuses: tuple[str, ...] = ()
+        self, request_id: uuid.UUID, timeout: float = 600, statuses: tuple[str, ...] = ()
     ) -> asyncpg.Record:
         """Wait until the request is final (or in one of ``statuses``); fail with the logs."""
         final = statuses or ("succeeded", "failed")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import time
 
 import pytest
 
@@ -28,15 +30,19 @@ async def test_the_service_evaluates_publishes_and_stops_cleanly(pipeline: Pipel
     await broker.publish(
         ModelReady(request_id=request_id, model_id=model_id, dataset_id=dataset_id)
     )
-    row = await pipeline.wait_for(request_id, timeout=180)
+    row = await pipeline.wait_for(request_id, timeout=600)
 
     assert (row["status"], row["stage"]) == ("succeeded", "done"), pipeline.logs()
-    event = await events.get(timeout=10, fail=True)
-    assert event is not None
+    # The event is published after the commit that made the request succeeded: poll for it
+    # (one basic.get answers at once, empty or not).
+    deadline = time.monotonic() + 60
+    while (event := await events.get(fail=False)) is None:
+        assert time.monotonic() < deadline, f"no ModelEvaluated event\n{pipeline.logs()}"
+        await asyncio.sleep(0.2)
     body = json.loads(event.body)
     assert body["type"] == "ModelEvaluated"
     assert (body["model_id"], body["evaluation_id"]) == (model_id, row["evaluation_id"])
     await event.ack()
 
     pipeline.signal("evaluator", signal.SIGTERM)
-    assert pipeline.wait_exit("evaluator", timeout=30) == 0, pipeline.logs()
+    assert pipeline.wait_exit("evaluator", timeout=120) == 0, pipeline.logs()

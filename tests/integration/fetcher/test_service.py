@@ -25,7 +25,7 @@ async def test_the_service_fetches_publishes_and_stops_cleanly(
     pipeline.start("fetcher", LOG_LEVEL="DEBUG")
     request_id = await pipeline.submit_training("2021-06-01", "2021-06-07")
     dataset_id = await pipeline.wait_until(
-        "SELECT dataset_id FROM training_requests WHERE id = $1", request_id, timeout=120
+        "SELECT dataset_id FROM training_requests WHERE id = $1", request_id, timeout=300
     )
     incoming = None
     for _ in range(100):
@@ -46,7 +46,7 @@ async def test_the_service_fetches_publishes_and_stops_cleanly(
     assert row["n_images"] > 10
 
     pipeline.signal("fetcher", signal.SIGTERM)
-    assert pipeline.wait_exit("fetcher", timeout=30) == 0, pipeline.logs()
+    assert pipeline.wait_exit("fetcher", timeout=120) == 0, pipeline.logs()
     logs = pipeline.logs()
     assert simulator_server.password not in logs  # not even at DEBUG level
     assert all(token not in logs for token in simulator_server.state.tokens)

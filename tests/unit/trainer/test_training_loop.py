@@ -108,6 +108,26 @@ def test_runs_every_epoch_and_reports_each() -> None:
     assert outcome.images_per_second and outcome.images_per_second > 0
 
 
+def test_the_training_step_is_traced_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Metric variables created inside the first trace make TensorFlow trace it again."""
+    traces: list[int] = []
+
+    def counted(spec: ModelSpec) -> keras.Model:
+        model = tiny_model(spec)
+        step = model.train_step
+
+        def train_step(data: Any) -> Any:
+            traces.append(1)  # runs once per trace, not per step
+            return step(data)
+
+        model.train_step = train_step
+        return model
+
+    monkeypatch.setattr(training, "build_model", counted)
+    training.train(job(epochs=2), MemoryHooks(), threading.Event())
+    assert len(traces) == 1
+
+
 def test_early_stopping_restores_the_best_epoch() -> None:
     hooks = MemoryHooks()
     # Learning rate ~0: validation loss cannot improve after the first epoch.
