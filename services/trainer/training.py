@@ -213,13 +213,15 @@ class Outcome:
 def make_optimizer(name: str, learning_rate: float) -> Any:
     import keras
 
+    from services.trainer.optimizers import FusedAdam, FusedSGD
+
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+        return FusedSGD(learning_rate, momentum=0.9)
     if name == "rmsprop":
         return keras.optimizers.RMSprop(learning_rate)
     if name == "adagrad":
         return keras.optimizers.Adagrad(learning_rate)
-    return keras.optimizers.Adam(learning_rate)
+    return FusedAdam(learning_rate)
 
 
 def frozen_epochs(params: TrainingParams) -> int:
