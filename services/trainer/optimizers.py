@@ -4,8 +4,9 @@ Keras 3 writes Adam's update of each weight as ~20 small ops (casts, powers, ass
 ResNet50 has 214 trainable weights, so every training step runs ~4,000 tiny ops, and the
 first request of a network traces them all. TensorFlow's fused kernels
 (``ResourceApplyAdam``, ``ResourceApplyKerasMomentum``, the ones Keras 2 used) do the same
-arithmetic in one op per weight: on 2 CPU cores a ResNet50 epoch at 32 px takes ~20 % less
-time and the first trace ~10 s less (README, "Performance"). Same variables, same
+arithmetic in one op per weight: on 2 CPU cores a ResNet50 at 32 px trains ~10 % more
+images/s and the first epoch of a new network (its trace) takes ~35 % less time
+(``bench/bench_optimizer.py``, README "Benchmarks"). Same variables, same
 checkpoints, same results up to float rounding (``tests/unit/trainer/test_optimizers.py``).
 
 The fused path is taken on one replica (CPU, one GPU); with several replicas, and for
