@@ -33,7 +33,9 @@ def read_images(paths: list[str]) -> list[tuple[str, bytes]]:
         try:
             with Image.open(io.BytesIO(data)) as img:
                 img.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except UnidentifiedImageError:
+            raise UsageError(f"IMAGE {name}: not a readable image (unknown format)") from None
+        except (OSError, SyntaxError, ValueError) as exc:
             raise UsageError(f"IMAGE {name}: not a readable image ({exc})") from None
         images.append((name, data))
     return images

@@ -35,8 +35,9 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 def test_not_an_image_is_named(tmp_path: Path) -> None:
     text = tmp_path / "notes.jpg"
     text.write_text("<Error>AccessDenied</Error>")
-    with pytest.raises(UsageError, match=r"IMAGE .*notes\.jpg: not a readable image"):
+    with pytest.raises(UsageError, match=r"IMAGE .*notes\.jpg: not a readable image") as err:
         read_images([str(text)])
+    assert "0x" not in str(err.value)  # no Python object repr in a user's error line
 
 
 def test_predict_with_an_unreadable_file_exits_2_before_connecting(
