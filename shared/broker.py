@@ -142,6 +142,19 @@ class Broker:
         )
         logger.debug("published %s %s", type(message).__name__, message.routing_key)
 
+    async def consumer_counts(self, queues: Sequence[str]) -> dict[str, int]:
+        """How many consumers each work queue has now (one passive declare per queue)."""
+        assert self.connection is not None, "connect() first"
+        channel = await self.connection.channel(publisher_confirms=False)
+        try:
+            counts = {}
+            for queue in queues:
+                declared = await channel.declare_queue(self.queue_name(queue), passive=True)
+                counts[queue] = declared.declaration_result.consumer_count or 0
+            return counts
+        finally:
+            await channel.close()
+
     # -- consuming --------------------------------------------------------------------------
 
     async def consume(

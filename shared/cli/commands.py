@@ -121,6 +121,7 @@ async def submit_command(
                 con = await stack.enter_async_context(pool.acquire())
                 listener = await stack.enter_async_context(Listener(con))
             await record_and_publish(pool, publisher, message)
+            await note_missing_services(publisher, message)
             if listener is None:
                 return await _print_submitted(pool, message.request_id, args.json)
             return await _wait(listener, message.request_id, args)
@@ -146,6 +147,32 @@ async def record_and_publish(pool: db.Pool, publisher: Publisher, message: Messa
             pool, request_id=message.request_id, queue="cli", stage="queued", error=error
         )
         raise CommandFailed(error) from None
+
+
+# The services a request goes through, named by the queue each one consumes.
+ROUTES = {
+    "training": ("fetcher", "trainer", "evaluator"),
+    "evaluation": ("fetcher", "evaluator"),
+}
+
+
+async def note_missing_services(publisher: Publisher, message: Message) -> None:
+    """Say on stderr which services the request needs that nothing runs yet: the request is
+    safe in its queue, but a user waiting on it deserves to know why nothing moves."""
+    counts = getattr(publisher, "consumer_counts", None)
+    if counts is None:
+        return
+    try:
+        consumers = await counts(ROUTES[kind_of(message)])
+    except Exception:  # a hint, never a reason to fail a request already published
+        return
+    idle = [name for name, n in consumers.items() if n == 0]
+    if idle:
+        print(
+            f"chouette: note: no {' / '.join(idle)} service is running; the request waits in"
+            f" its queue until one starts (chouette worker {idle[0]})",
+            file=sys.stderr,
+        )
 
 
 async def _print_submitted(pool: db.Pool, request_id: uuid.UUID, as_json: bool) -> int:

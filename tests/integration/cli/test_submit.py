@@ -10,6 +10,7 @@ import pytest
 from shared import db
 from shared.broker import Broker
 from shared.cli.parser import UsageError
+from shared.messages import TrainingRequested
 from shared.settings import Settings
 from tests.integration.cli import seed
 from tests.integration.cli.helpers import chouette, drain
@@ -96,3 +97,28 @@ async def test_evaluate_held_out_split_sends_no_dataset(
     assert await chouette(settings, "evaluate", "--model", str(model_id)) == 0
     (message,) = await drain(settings, "fetcher")
     assert json.loads(message.body)["dataset"] is None
+
+
+async def test_train_names_the_services_that_nothing_runs_yet(
+    settings: Settings, broker: Broker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await chouette(settings, "train", *RANGE, "--arch", "ResNet50") == 0
+    err = capsys.readouterr().err
+    assert "no fetcher / trainer / evaluator service is running" in err
+    assert "chouette worker fetcher" in err
+
+    async def ignore(message: object) -> None:
+        return None
+
+    async def no_failures(**kwargs: object) -> None:
+        raise AssertionError(kwargs)
+
+    for queue in ("fetcher", "trainer"):
+        await broker.consume(queue, (TrainingRequested,), ignore, on_failure=no_failures)
+    assert await chouette(settings, "train", *RANGE, "--arch", "ResNet50") == 0
+    err = capsys.readouterr().err
+    assert "no evaluator service is running" in err and "fetcher" not in err
+
+    await broker.consume("evaluator", (TrainingRequested,), ignore, on_failure=no_failures)
+    assert await chouette(settings, "train", *RANGE, "--arch", "ResNet50") == 0
+    assert "note" not in capsys.readouterr().err
