@@ -126,6 +126,7 @@ async def watch(
 
     stop = stop or asyncio.Event()
     epoch_totals: dict[int, int | None] = {}
+    shown: dict[Any, str] = {}  # the last line of each request: a repeat says nothing new
     async with Listener(con) as listener:
         rows = await queries.recent_requests(con, recent)
         out.write(requests_table(reversed(rows)) + "\n\nwatching (Ctrl-C to stop)\n")
@@ -143,16 +144,22 @@ async def watch(
                 known = model_id in epoch_totals
                 if channel == queries.EPOCHS and isinstance(model_id, int) and not known:
                     epoch_totals[model_id] = await queries.model_epoch_total(con, model_id)
-                out.write(event_line(channel, data, epoch_totals) + "\n")
+                text = event_text(channel, data, epoch_totals)
+                key = data.get("request_id") if channel == queries.REQUESTS else None
+                if key is not None and shown.get(key) == text:
+                    continue
+                if key is not None:
+                    shown[key] = text
+                out.write(f"{dt.datetime.now():%H:%M:%S} {text}\n")
                 out.flush()
         finally:
             stopped.cancel()
 
 
-def event_line(
+def event_text(
     channel: str, data: dict[str, Any], epoch_totals: dict[int, int | None] | None = None
 ) -> str:
-    now = dt.datetime.now().strftime("%H:%M:%S")
+    """One notification as a line of ``chouette watch`` (without its time)."""
     if channel == queries.REQUESTS:
         text = (
             f"request    {short_id(data.get('request_id'))}  {data.get('status'):<9}"
@@ -169,7 +176,7 @@ def event_line(
             f"evaluation {data.get('evaluation_id')}  model {data.get('model_id')}"
             f"  accuracy {fmt(data.get('accuracy'))}  macro_f1 {fmt(data.get('macro_f1'))}"
         )
-    return f"{now} {text}"
+    return text
 
 
 def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:

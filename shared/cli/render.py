@@ -87,6 +87,18 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def duration(seconds: Any) -> str | None:
+    """``21.1s``, ``3m05s``, ``2h07m``: a request's age or run time, for people."""
+    if seconds is None:
+        return None
+    s = float(seconds)
+    if s < 60:
+        return f"{s:.1f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+
+
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     cells = [[fmt(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
@@ -114,12 +126,12 @@ def requests_table(rows: Iterable[Row]) -> str:
                 r["progress"],
                 r.get("architecture"),
                 r["model_id"],
-                r.get("seconds"),
+                duration(r.get("seconds")),
                 _one_line(r["error"], 60),
             )
             for r in rows
         ],
-        ("request", "kind", "status", "stage", "progress", "network", "model", "s", "error"),
+        ("request", "kind", "status", "stage", "progress", "network", "model", "time", "error"),
     )
 
 

@@ -139,3 +139,22 @@ async def test_watch_prints_one_line_per_event(pool: db.Pool) -> None:
     assert "epoch      model" in text and " 2/3 " in text  # seed models say 3 epochs
     assert "macro_f1 0.660" in text
     assert "succeeded" in lines[-1]
+
+
+async def test_watch_prints_a_request_line_only_when_it_says_something_new(
+    pool: db.Pool,
+) -> None:
+    out = io.StringIO()
+    stop = asyncio.Event()
+    async with pool.acquire() as con:
+        watcher = asyncio.create_task(watch(con, out, stop=stop))
+        await asyncio.sleep(0.3)
+        request_id = await seed.request(pool)
+        for progress in ("fetching 3/9", "fetching 3/9", "fetching 9/9"):
+            await db.set_stage(pool, request_id, "fetching", progress)  # notifies each time
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.wait_for(watcher, 5)
+    text = out.getvalue().split("watching (Ctrl-C to stop)\n")[1]
+    assert text.count("fetching 3/9") == 1
+    assert text.count("fetching 9/9") == 1

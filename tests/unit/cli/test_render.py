@@ -69,3 +69,12 @@ def test_table_aligns_columns() -> None:
     lines = text.splitlines()
     assert lines[0].split() == ["id", "net", "f1"]
     assert lines[3].split() == ["12", "ResNet152V2", "-"]
+
+
+def test_durations_read_like_a_clock() -> None:
+    assert render.duration(None) is None
+    assert render.duration(decimal.Decimal("21.149")) == "21.1s"
+    assert render.duration(185.9) == "3m05s"
+    assert render.duration(7620) == "2h07m"
+    table = render.requests_table([_request(architecture="ResNet50", seconds=65.0)])
+    assert "1m05s" in table and "65.000" not in table
