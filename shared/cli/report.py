@@ -109,6 +109,9 @@ def plot_confusion(matrix: list[list[int]], names: list[str], path: Path, *, tit
     plt.close(fig)
 
 
+_SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
 def summary_markdown(
     model: Row,
     epochs: list[Row],
@@ -117,6 +120,7 @@ def summary_markdown(
     matrices: dict[int, Path],
 ) -> str:
     hp = model["hyperparams"] or {}
+    classes = list(model["class_names"] or [])
     lines = [
         f"# Model {model['model_id']}: {model['architecture']}",
         "",
@@ -128,8 +132,14 @@ def summary_markdown(
             else ""
         ),
         f"- dataset {model['dataset_id']}: images {model['start_date']}..{model['end_date']},"
-        f" tags {fmt(model['tags'])}, {model['n_images']} images, counts {model['counts']},"
-        f" splits {model['split_counts']}",
+        f" tags {fmt(model['tags'])}, {model['n_images']} images"
+        f" ({_counts(model['counts'], classes)})"
+        + "".join(
+            f"; {split} {_counts(counts, classes)}"
+            for split, counts in sorted(
+                (model["split_counts"] or {}).items(), key=lambda kv: _SPLITS.get(kv[0], 9)
+            )
+        ),
         f"- input {fmt(model['input_shape'])}, classes {fmt(model['class_names'])}",
         "- hyper-parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(hp.items())),
         f"- weights sha256 {model['weights_sha256']} ({fmt(model['weights_bytes'])} bytes)",
@@ -147,6 +157,7 @@ def summary_markdown(
                 f"| {e['epoch']} | {fmt(e['loss'])} | {fmt(e['accuracy'])} | {fmt(e['val_loss'])}"
                 f" | {fmt(e['val_accuracy'])} | {fmt(e['seconds'], 1)} |"
             )
+        lines += ["", *_kept_epoch(model)]
         if curves is not None:
             lines += ["", f"![training curves]({curves.name})"]
     else:
@@ -178,3 +189,32 @@ def summary_markdown(
             lines += ["", f"![confusion matrix]({path.name})"]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _counts(counts: dict[str, int] | int | None, classes: list[str]) -> str:
+    """``vine 19, ground 9, grass 7``: images per class, in the model's class order."""
+    if isinstance(counts, int):
+        return str(counts)
+    counts = counts or {}
+    names = [c for c in classes if c in counts] + sorted(set(counts) - set(classes))
+    return ", ".join(f"{name} {counts[name]}" for name in names) or "none"
+
+
+def _kept_epoch(model: Row) -> list[str]:
+    """Which epoch's weights were kept, and the validation of the final model in inference
+    mode (after the BatchNorm re-estimation): the numbers the stored weights really give."""
+    final = model.get("final_metrics") or {}
+    best = model.get("best_epoch")
+    if best is None:
+        return []
+    text = f"Weights kept: epoch {best} (lowest val_loss)"
+    why = {"early_stopping": "early stopping", "time_limit": "the time limit (TRAINER_MAX_SECONDS)"}
+    if final.get("stopped") in why:
+        text += f"; stopped by {why[final['stopped']]} after epoch {final.get('epochs_run')}"
+    if final.get("final_val_accuracy") is not None:
+        text += (
+            f". Validation of the stored model (BatchNorm statistics re-estimated):"
+            f" loss {fmt(final.get('final_val_loss'))},"
+            f" accuracy {fmt(final.get('final_val_accuracy'))}"
+        )
+    return [text + "."]

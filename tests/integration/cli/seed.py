@@ -32,7 +32,11 @@ async def dataset(pool: db.Pool, start: str = "2024-05-01", end: str = "2024-05-
             CLASSES,
             uuid.uuid4().hex,
             {"vine": 10, "ground": 10, "grass": 10},
-            {"train": 20, "val": 4, "test": 6},
+            {
+                "train": {"vine": 7, "ground": 7, "grass": 6},
+                "val": {"vine": 1, "ground": 1, "grass": 2},
+                "test": {"vine": 2, "ground": 2, "grass": 2},
+            },
         )
     )
 

@@ -85,6 +85,12 @@ async def test_report_writes_curves_confusion_matrix_and_summary(
     settings: Settings, pool: db.Pool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, model_id, evaluation_id = await seed.finished_model(pool, 0.75)
+    await pool.execute(
+        "UPDATE models SET best_epoch = 2, final_metrics = $2 WHERE id = $1",
+        model_id,
+        {"stopped": "early_stopping", "epochs_run": 3, "final_val_loss": 0.41,
+         "final_val_accuracy": 0.875},
+    )  # fmt: skip
     out = tmp_path / "report"
     assert await chouette(settings, "report", str(model_id), "--out", str(out)) == 0
     curves = out / "training_curves.png"
@@ -95,6 +101,11 @@ async def test_report_writes_curves_confusion_matrix_and_summary(
     assert f"# Model {model_id}: ResNet50" in summary
     assert "macro F1 0.750" in summary
     assert "| vine |" in summary
+    assert "30 images (vine 10, ground 10, grass 10); train vine 7, ground 7, grass 6;" in summary
+    assert "Weights kept: epoch 2 (lowest val_loss); stopped by early stopping after epoch 3" in (
+        summary
+    )
+    assert "loss 0.410, accuracy 0.875" in summary
     assert str(curves) in capsys.readouterr().out
     with pytest.raises(UsageError, match="no model"):
         await chouette(settings, "report", "999")
