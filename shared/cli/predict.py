@@ -9,7 +9,12 @@ decode + resize as in training (``shared.images``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +60,15 @@ async def run_predict(args: argparse.Namespace, settings: Settings) -> int:
         if row["status"] != "trained":
             raise UsageError(f"--model (model_id): model {model_id} is {row['status']}")
         from shared.errors import PermanentError
-        from shared.weight_store import load_model
 
-        try:
-            model, spec, _row = await load_model(pool, model_id)
-        except PermanentError as exc:
-            raise CommandFailed(str(exc)) from None
-    probabilities = predict_probabilities(model, spec, [data for _, data in images])
+        with native_stderr_held():  # TensorFlow's C++ start-up chatter, shown only on failure
+            from shared.weight_store import load_model
+
+            try:
+                model, spec, _row = await load_model(pool, model_id)
+            except PermanentError as exc:
+                raise CommandFailed(str(exc)) from None
+            probabilities = predict_probabilities(model, spec, [data for _, data in images])
     names = list(spec.class_names)
     results: list[dict[str, Any]] = [
         {
@@ -79,6 +86,28 @@ async def run_predict(args: argparse.Namespace, settings: Settings) -> int:
         ]
         print(render.table(rows, ("image", "predicted", *names)))
     return OK
+
+
+@contextlib.contextmanager
+def native_stderr_held() -> Iterator[None]:
+    """Hold what native code writes to file descriptor 2 (TensorFlow logs CPU features,
+    missing CUDA drivers and oneDNN notes through absl before any setting applies) and
+    replay it only if the block fails, so a user sees a result table, not library noise."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def predict_probabilities(model: object, spec: object, blobs: list[bytes]) -> list[list[float]]:

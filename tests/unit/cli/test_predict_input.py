@@ -47,3 +47,19 @@ def test_predict_with_an_unreadable_file_exits_2_before_connecting(
     assert main(["predict", "--model", "1", str(tmp_path / "gone.png")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "gone.png" in err
+
+
+def test_native_stderr_is_held_and_shown_only_on_failure(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    import os
+
+    from shared.cli.predict import native_stderr_held
+
+    with native_stderr_held():
+        os.write(2, b"I0000 cudart_stub.cc:31] Could not find cuda drivers\n")
+    assert capfd.readouterr().err == ""
+    with pytest.raises(RuntimeError), native_stderr_held():
+        os.write(2, b"E0000 failed call to cuInit\n")
+        raise RuntimeError("model failed")
+    assert "failed call to cuInit" in capfd.readouterr().err
