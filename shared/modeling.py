@@ -21,6 +21,7 @@ TensorFlow is imported on first use of :func:`build_model`.
 from __future__ import annotations
 
 import os
+import socket
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -103,7 +104,10 @@ def _base_weights(spec: ModelSpec) -> str | None:
         )
     path = Path(spec.weights).expanduser()
     if not path.is_file():
-        raise WeightsUnavailable(f"weights file {spec.weights} does not exist on this machine")
+        raise WeightsUnavailable(
+            f"weights file {spec.weights} does not exist on the trainer's machine"
+            f" ({socket.gethostname()}): --weights PATH is read by the trainer, not the CLI"
+        )
     return str(path)
 
 

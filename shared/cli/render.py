@@ -210,7 +210,7 @@ def request_text(req: Row, ev: Row | None) -> str:
     training = params.get("training") or {}
     what = (
         f"{training.get('architecture')} {training.get('image_size')} px,"
-        f" {training.get('epochs')} epochs"
+        f" {training.get('epochs')} epoch{'' if training.get('epochs') == 1 else 's'}"
         if training
         else f"model {params.get('model_id')}"
     )
