@@ -386,21 +386,24 @@ class RabbitServer:
         return "\n".join(texts)
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server started from this ``base_dir``; one started elsewhere is left alone
+        (its epmd too)."""
         pgid_file = self.base_dir / "server.pgid"
-        if pgid_file.exists():
-            pgid = int(pgid_file.read_text())
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGTERM)
-            proc: subprocess.Popen[bytes] | None = getattr(self, "_proc", None)
-            if proc is not None:  # started by this process: reap it, or it lingers as a zombie
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _pgid_alive(pgid):
-                time.sleep(0.2)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-            pgid_file.unlink(missing_ok=True)
+        if not pgid_file.exists():
+            return
+        pgid = int(pgid_file.read_text())
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+        proc: subprocess.Popen[bytes] | None = getattr(self, "_proc", None)
+        if proc is not None:  # started by this process: reap it, or it lingers as a zombie
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _pgid_alive(pgid):
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        pgid_file.unlink(missing_ok=True)
         # epmd daemonizes out of our process group; stop the private one we started.
         with contextlib.suppress(Exception):
             subprocess.run(

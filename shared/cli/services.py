@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from shared.cli.app import FAILED, OK, CommandFailed
 
 
@@ -21,5 +23,17 @@ def run_services(action: str) -> int:
     for name, healthy in health.items():
         print(f"{name:<10} {'up' if healthy else 'down'}")
     if action == "down":
-        return OK if not any(health.values()) else FAILED
+        still = [name for name, healthy in health.items() if healthy]
+        if still:
+            home = settings.chouette_home.resolve()
+            print(
+                f"chouette: {' and '.join(still)} still answer{'' if len(still) > 1 else 's'}"
+                f" at the configured URLs but {'were' if len(still) > 1 else 'was'} not"
+                f" started from {home} (CHOUETTE_HOME): run `chouette services down` with the"
+                " CHOUETTE_HOME used to start them (a relative one is read from the current"
+                " directory)",
+                file=sys.stderr,
+            )
+            return FAILED
+        return OK
     return OK if health and all(health.values()) else FAILED

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -75,6 +76,25 @@ def test_services_status_reports_each_server(servers: object) -> None:
     )  # fmt: skip
     assert done.returncode == 1
     assert "down" in done.stdout
+
+
+def test_services_down_leaves_servers_it_did_not_start_and_says_why(
+    servers: object, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "AMQP_URL": servers.amqp_url,  # type: ignore[attr-defined]
+        "DATABASE_URL": servers.database_url,  # type: ignore[attr-defined]
+        "CHOUETTE_HOME": str(tmp_path / "elsewhere"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "services", "down"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "rabbitmq and postgresql still answer" in done.stderr
+    assert str(tmp_path / "elsewhere") in done.stderr
+    assert done.stdout.split() == ["rabbitmq", "up", "postgresql", "up"]
 
 
 def test_worker_runs_a_service_by_module_name() -> None:
