@@ -121,19 +121,28 @@ async def _train_and_evaluate(settings: Settings, messages: dict[str, Any]) -> i
         pool.acquire() as con,
         Listener(con) as listener,
     ):
+
+        async def run_request(message: Any, timeout_s: float) -> tuple[Any, Any] | None:
+            """Publish, follow with bars; (request row, evaluation), or None if it failed."""
+            await record_and_publish(pool, publisher, message)
+            req, ev, _ = await follow_request(
+                listener, message.request_id, render.ProgressView(), timeout_s
+            )
+            if req["status"] != "succeeded":
+                print(render.request_text(req, ev))
+                return None
+            return req, ev
+
         spec = training.training
         _say(
             f"training {spec.architecture} on {training.dataset.start_date}.."
             f"{training.dataset.end_date} at {spec.image_size} px for {spec.epochs} epochs"
             f" (request {training.request_id})"
         )
-        await record_and_publish(pool, publisher, training)
-        req, held_out, _ = await follow_request(
-            listener, training.request_id, render.ProgressView(), 1800
-        )
-        if req["status"] != "succeeded":
-            print(render.request_text(req, held_out))
+        done = await run_request(training, 1800)
+        if done is None:
             return FAILED
+        req, held_out = done
         model_id = req["model_id"]
         args = messages["evaluate_args"]
         args.model = str(model_id)
@@ -144,13 +153,10 @@ async def _train_and_evaluate(settings: Settings, messages: dict[str, Any]) -> i
             f"evaluating model {model_id} on the later range {args.start_date}..{args.end_date}"
             f" (request {evaluation.request_id})"
         )
-        await record_and_publish(pool, publisher, evaluation)
-        ereq, later, _ = await follow_request(
-            listener, evaluation.request_id, render.ProgressView(), 900
-        )
-        if ereq["status"] != "succeeded":
-            print(render.request_text(ereq, later))
+        done = await run_request(evaluation, 900)
+        if done is None:
             return FAILED
+        _, later = done
         print()
         print(result_table(model, [held_out, later]))
         for ev in (held_out, later):

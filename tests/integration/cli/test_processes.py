@@ -31,6 +31,13 @@ def _cli(*argv: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def _services(action: str, *, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", "services", action],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
 async def test_watch_runs_until_ctrl_c(db_url: str, pool: db.Pool) -> None:
     env = {**os.environ, "DATABASE_URL": db_url}
     watcher = _cli("watch", env=env)
@@ -56,10 +63,7 @@ def test_services_status_reports_each_server(servers: object) -> None:
         "AMQP_URL": servers.amqp_url,  # type: ignore[attr-defined]
         "DATABASE_URL": servers.database_url,  # type: ignore[attr-defined]
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "services", "status"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = _services("status", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "down" not in done.stdout
 
@@ -70,10 +74,7 @@ def test_services_status_reports_each_server(servers: object) -> None:
             "DATABASE_URL": f"postgresql://x:x@127.0.0.1:{port}/x",
         }
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "services", "status"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = _services("status", env=env)
     assert done.returncode == 1
     assert "down" in done.stdout
 
@@ -87,10 +88,7 @@ def test_services_down_leaves_servers_it_did_not_start_and_says_why(
         "DATABASE_URL": servers.database_url,  # type: ignore[attr-defined]
         "CHOUETTE_HOME": str(tmp_path / "elsewhere"),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "services", "down"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = _services("down", env=env)
     assert done.returncode == 1
     assert "rabbitmq and postgresql still answer" in done.stderr
     assert str(tmp_path / "elsewhere") in done.stderr
