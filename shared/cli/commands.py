@@ -159,11 +159,8 @@ ROUTES = {
 async def note_missing_services(publisher: Publisher, message: Message) -> None:
     """Say on stderr which services the request needs that nothing runs yet: the request is
     safe in its queue, but a user waiting on it deserves to know why nothing moves."""
-    counts = getattr(publisher, "consumer_counts", None)
-    if counts is None:
-        return
     try:
-        consumers = await counts(ROUTES[kind_of(message)])
+        consumers = await publisher.consumer_counts(ROUTES[kind_of(message)])
     except Exception:  # a hint, never a reason to fail a request already published
         return
     idle = [name for name, n in consumers.items() if n == 0]

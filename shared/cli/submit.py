@@ -11,6 +11,7 @@ import argparse
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
@@ -47,7 +48,11 @@ M = TypeVar("M", bound=Message)
 
 
 class Publisher(Protocol):
+    """What the CLI needs of the broker (``shared.broker.Broker``; a recorder in tests)."""
+
     async def publish(self, message: Message) -> None: ...
+
+    async def consumer_counts(self, queues: Sequence[str]) -> dict[str, int]: ...
 
 
 def training_request(args: argparse.Namespace) -> TrainingRequested:

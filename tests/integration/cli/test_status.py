@@ -88,7 +88,7 @@ async def test_report_writes_curves_confusion_matrix_and_summary(
     await pool.execute(
         "UPDATE models SET best_epoch = 2, final_metrics = $2 WHERE id = $1",
         model_id,
-        {"stopped": "early_stopping", "epochs_run": 3, "final_val_loss": 0.41,
+        {"stopped": "early_stopping", "epochs_run": 3, "val_loss": 0.5, "final_val_loss": 0.41,
          "final_val_accuracy": 0.875},
     )  # fmt: skip
     out = tmp_path / "report"

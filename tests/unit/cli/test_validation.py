@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from shared import messages
@@ -71,6 +73,9 @@ class Recorder:
 
     async def publish(self, message: Message) -> None:
         self.published.append(message)
+
+    async def consumer_counts(self, queues: Sequence[str]) -> dict[str, int]:
+        return dict.fromkeys(queues, 1)
 
 
 @pytest.fixture
