@@ -65,6 +65,15 @@ def run_demo(args: argparse.Namespace) -> int:
         namespace=settings.broker_namespace,
         simulator_port=None if real_api else free_port(),
     )
+    if real_api:  # the services get the API the demo found, wherever its .env was read from
+        env.update(
+            {
+                "CHOUETTE_API_URL": settings.chouette_api_url,
+                "CHOUETTE_USERNAME": settings.chouette_username,
+                "CHOUETTE_PASSWORD": settings.chouette_password.get_secret_value(),
+                "CHOUETTE_AUTH": settings.chouette_auth,
+            }
+        )
     stack = Stack(env, settings.chouette_home.resolve() / "demo-logs")
     names = SERVICES if real_api else ("simulator", *SERVICES)
     _say(

@@ -6,9 +6,9 @@ Two runs, small (ResNet50V2 at 32 px, one epoch, a week of images) so they fit t
   starts both under its ``CHOUETTE_HOME``, starts the simulator and the three services,
   trains, evaluates on a later range, prints the result table, and then stops everything
   it started: afterwards no port of it is open and no process of it is left;
-- with API credentials and servers that already run: the demo uses the configured API
-  (here the session's simulator, standing in for the real one) instead of starting its
-  own simulator, and leaves the servers it did not start running.
+- with API credentials in a ``.env`` and servers that already run: the demo uses the
+  configured API (here the session's simulator, standing in for the real one) instead of
+  starting its own simulator, and leaves the servers it did not start running.
 """
 
 from __future__ import annotations
@@ -129,8 +129,11 @@ async def test_demo_with_credentials_uses_the_configured_api_and_keeps_running_s
         AMQP_URL=servers.amqp_url,
         DATABASE_URL=db_url,
         BROKER_NAMESPACE=namespace,
-        **simulator_server.env(),  # the "real" API: credentials required
     )
+    # The "real" API (credentials required) configured as a user does: in a .env file where
+    # the demo runs (the services run from the checkout, so they must get it from the demo).
+    dotenv = "".join(f"{k}={v}\n" for k, v in simulator_server.env().items())
+    (tmp_path / ".env").write_text(dotenv)
     logins_before = simulator_server.stats["login"]
     try:
         done = await asyncio.to_thread(run_demo, env, tmp_path)
