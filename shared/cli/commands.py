@@ -89,6 +89,14 @@ async def open_publisher(settings: Settings) -> AsyncIterator[Publisher]:
         await asyncio.wait_for(broker.connect(), CONNECT_TIMEOUT_S)
     except Exception as exc:
         await broker.close()
+        import aiormq
+
+        if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):  # connected, refused
+            raise CommandFailed(
+                f"RabbitMQ at {redact_url(url)} refused the pipeline's queues: {exc} (queues"
+                " declared with other arguments, e.g. another BROKER_DELIVERY_LIMIT, than this"
+                " configuration: align the setting, or delete the queues)"
+            ) from None
         raise CommandFailed(
             f"cannot connect to RabbitMQ at {redact_url(url)}: {exc}"
             " (is it running? `chouette services up` starts a local one)"
@@ -201,7 +209,15 @@ async def _wait(listener: Listener, request_id: uuid.UUID, args: argparse.Namesp
     if not args.json:
         print(request_id, flush=True)
     view = render.ProgressView(enabled=not args.json)
-    req, ev, timed_out = await follow_request(listener, request_id, view, args.timeout)
+    try:
+        req, ev, timed_out = await follow_request(listener, request_id, view, args.timeout)
+    except asyncio.CancelledError:  # Ctrl-C: only the waiting stops, never the request
+        print(
+            f"\nchouette: stopped waiting; request {request_id} goes on"
+            f" (chouette status {str(request_id)[:8]})",
+            file=sys.stderr,
+        )
+        raise
     if args.json:
         print(render.dumps(render.result_json(req, ev)))
     else:

@@ -54,8 +54,11 @@ class Listener:
                 await self.con.remove_listener(channel, self._on_notify)
 
     async def next(self, within_s: float) -> Event | None:
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns the result when the
+        # event and a cancellation (Ctrl-C) arrive together, and the cancellation is lost.
         try:
-            return await asyncio.wait_for(self.events.get(), within_s)
+            async with asyncio.timeout(within_s):
+                return await self.events.get()
         except TimeoutError:
             return None
 

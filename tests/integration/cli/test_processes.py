@@ -15,7 +15,9 @@ import pytest
 from shared import db
 from shared.cli.stack import ROOT, port_open
 from shared.local_services import free_port
+from shared.settings import Settings
 from tests.integration.cli import seed
+from tests.integration.cli.helpers import drain
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +57,36 @@ async def test_watch_runs_until_ctrl_c(db_url: str, pool: db.Pool) -> None:
     assert watcher.returncode == 0, err
     assert f"{str(request_id)[:8]}  running" in out
     assert "fetching 1/9" in out
+
+
+async def test_ctrl_c_while_waiting_stops_the_waiting_not_the_request(
+    settings: Settings, broker: object, pool: db.Pool
+) -> None:
+    env = {
+        **os.environ,
+        "AMQP_URL": settings.amqp_url.get_secret_value(),
+        "DATABASE_URL": settings.database_url.get_secret_value(),
+        "BROKER_NAMESPACE": settings.broker_namespace,
+        "BROKER_DELIVERY_LIMIT": str(settings.broker_delivery_limit),
+    }
+    argv = ["train", "--start-date", "2021-06-01", "--end-date", "2021-06-14", "--arch", "ResNet50"]
+    waiter = _cli(*argv, "--wait", env=env)
+    assert waiter.stdout is not None and waiter.stderr is not None
+    request_id = (await asyncio.to_thread(waiter.stdout.readline)).strip()
+    assert request_id, waiter.communicate()[1]
+    while "queued" not in (line := await asyncio.to_thread(waiter.stderr.readline)):
+        assert line, "the CLI ended before it showed the queued request"
+    waiter.send_signal(signal.SIGINT)
+    _, err = await asyncio.to_thread(waiter.communicate, timeout=20)
+    assert waiter.returncode == 130
+    assert f"stopped waiting; request {request_id} goes on" in err
+    assert "Traceback" not in err
+    status = await pool.fetchval(
+        "SELECT status FROM training_requests WHERE id = $1::uuid", request_id
+    )
+    assert status == "queued"
+    (message,) = await drain(settings, "fetcher")  # still there for the fetcher
+    assert message.correlation_id == request_id
 
 
 def test_services_status_reports_each_server(servers: object) -> None:
