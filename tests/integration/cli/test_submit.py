@@ -9,6 +9,7 @@ import pytest
 
 from shared import db
 from shared.broker import Broker
+from shared.cli.app import CommandFailed
 from shared.cli.parser import UsageError
 from shared.messages import TrainingRequested
 from shared.settings import Settings
@@ -122,3 +123,14 @@ async def test_train_names_the_services_that_nothing_runs_yet(
     await broker.consume("evaluator", (TrainingRequested,), ignore, on_failure=no_failures)
     assert await chouette(settings, "train", *RANGE, "--arch", "ResNet50") == 0
     assert "note" not in capsys.readouterr().err
+
+
+async def test_queues_declared_with_other_arguments_are_named_not_called_unreachable(
+    settings: Settings, broker: Broker, pool: db.Pool
+) -> None:
+    other = settings.model_copy(update={"broker_delivery_limit": 7})  # the queues say 3
+    with pytest.raises(CommandFailed, match="refused the pipeline's queues") as failed:
+        await chouette(other, "train", *RANGE, "--arch", "ResNet50")
+    assert "is it running" not in str(failed.value)
+    assert "BROKER_DELIVERY_LIMIT" in str(failed.value)
+    assert await pool.fetchval("SELECT count(*) FROM training_requests") == 0
