@@ -11,24 +11,29 @@ values 0..255 (``shared.images``) and does its own ``preprocess_input`` inside:
       → keras.applications.<Arch>(include_top=False, pooling="avg")   the "base"
       → Dropout → Dense(n_classes, softmax, float32)                   the "head"
 
-Initial weights: ``"none"`` trains from scratch, ``"imagenet"`` loads the Keras cache
-(``$KERAS_HOME/models``, never downloads), any other value is a local weights file
-for the base (a Keras ``*_notop.h5`` or a ``.weights.h5`` of the same base).
+Initial weights: ``"none"`` trains from scratch, ``"imagenet"`` loads Keras's ImageNet
+file of the base through ``keras.utils.get_file`` (the cache, ``$KERAS_HOME/models`` by
+default, then ``TRAINER_WEIGHTS_SOURCE``; names and hashes in ``shared.pretrained``), any
+other value is a local weights file for the base (a Keras ``*_notop.h5`` or a
+``.weights.h5`` of the same base).
 
 TensorFlow is imported on first use of :func:`build_model`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared import pretrained
 from shared.errors import PermanentError
 from shared.messages import ARCHITECTURES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Architecture
 
@@ -76,15 +81,84 @@ class ModelSpec(BaseModel):
 
 
 def imagenet_cache_path(architecture: str) -> Path:
-    """Where Keras keeps the ImageNet weights of ``architecture``'s base (``include_top=False``)."""
-    try:
-        from keras.src.backend.config import keras_home
+    """Where the ImageNet weights of ``architecture``'s base (``include_top=False``) are cached."""
+    from shared.settings import TrainerSettings
 
-        home = Path(keras_home())
-    except ImportError:  # pragma: no cover - older/newer Keras layout
-        home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
-    name = architecture.lower()
-    return home / "models" / f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    entry = pretrained.weights_file(architecture)
+    return pretrained.cache_dir(TrainerSettings().weights_cache_dir) / entry.file_name
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """A timeout for the blocking sockets opened meanwhile (``get_file`` sets none)."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _imagenet_weights(architecture: str) -> str:
+    """The checked ImageNet file of ``architecture``'s base, fetched by Keras when missing.
+
+    ``keras.utils.get_file`` (the file name and hash keras.applications use) looks in
+    the cache and downloads from ``TRAINER_WEIGHTS_SOURCE`` when the file is missing or
+    its hash is wrong. It is given the cache directory explicitly and only when that
+    directory is writable: Keras would otherwise fall back to ``/tmp/.keras``.
+    """
+    import keras
+
+    from shared.settings import TrainerSettings
+
+    settings = TrainerSettings()
+    entry = pretrained.weights_file(architecture)
+    path = imagenet_cache_path(architecture)
+    directory, source = path.parent, settings.weights_source
+    url = pretrained.origin(source, entry.file_name)
+    advice = (
+        f"run `chouette weights pull {architecture}` where {pretrained.describe(source)} is"
+        f" reachable (or with --source DIR) and copy {entry.file_name} into {directory},"
+        f" set {pretrained.SOURCE_SETTING} to a mirror URL or a directory holding it,"
+        " pass --weights PATH, or use --weights none"
+    )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        writable = os.access(directory, os.W_OK)
+    except OSError as exc:
+        raise WeightsUnavailable(
+            f"the ImageNet weights cache {directory} cannot be created ({exc}):"
+            f" set {pretrained.CACHE_SETTING} or KERAS_HOME to a directory of this service"
+        ) from None
+    if not writable:
+        if pretrained.is_valid(path, entry):
+            return str(path)
+        raise WeightsUnavailable(
+            f"ImageNet weights for {architecture} are not in the Keras cache ({path}),"
+            f" which is not writable: set {pretrained.CACHE_SETTING} or KERAS_HOME to a"
+            f" writable directory, or {advice}"
+        )
+    try:
+        with _socket_timeout(settings.weights_timeout):
+            fetched = keras.utils.get_file(
+                fname=path.name,
+                origin=url,
+                file_hash=entry.file_hash,
+                cache_dir=str(directory),
+                cache_subdir=".",
+            )
+    except ValueError as exc:  # downloaded, but the hash does not match: never keep it
+        path.unlink(missing_ok=True)
+        raise WeightsUnavailable(
+            f"ImageNet weights for {architecture} from {url} refused: {exc} The file was"
+            f" removed from {directory}; check {pretrained.SOURCE_SETTING}"
+        ) from None
+    except Exception as exc:  # get_file raises a bare Exception for URL errors
+        raise WeightsUnavailable(
+            f"ImageNet weights for {architecture} are not in the Keras cache ({path}) and"
+            f" cannot be downloaded ({exc}): {advice}"
+        ) from None
+    return str(Path(fetched).resolve())
 
 
 def _base_weights(spec: ModelSpec) -> str | None:
@@ -92,16 +166,7 @@ def _base_weights(spec: ModelSpec) -> str | None:
     if spec.weights == "none":
         return None
     if spec.weights == "imagenet":
-        path = imagenet_cache_path(spec.architecture)
-        candidates = [path, Path("/tmp/.keras/models") / path.name]
-        for candidate in candidates:
-            if candidate.is_file():
-                return str(candidate)
-        raise WeightsUnavailable(
-            f"ImageNet weights for {spec.architecture} are not in the Keras cache "
-            f"({path}) and this service never downloads them: copy "
-            f"{path.name} there, pass --weights PATH, or use --weights none"
-        )
+        return _imagenet_weights(spec.architecture)
     path = Path(spec.weights).expanduser()
     if not path.is_file():
         raise WeightsUnavailable(

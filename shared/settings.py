@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.pretrained import KERAS_BASE_URL
+
 ENV_FILE = ".env"
 
 
@@ -101,6 +103,13 @@ class TrainerSettings(BaseSettings):
     # Compiled networks kept between requests of the same shape (0: build each time);
     # saves tracing the training step again (ResNet50: 25-45 s on 2 CPU cores).
     model_cache: int = Field(2, ge=0)
+    # Where --weights imagenet comes from when it is not cached (shared.pretrained): Keras's
+    # public URL, an http(s) mirror serving the same file names, or a local directory.
+    weights_source: str = KERAS_BASE_URL
+    # The cache of those files ("" = Keras's: $KERAS_HOME/models, KERAS_HOME default ~/.keras).
+    weights_cache_dir: str = ""
+    # Seconds a download may wait for data before it is abandoned.
+    weights_timeout: float = Field(60.0, gt=0)
 
 
 class EvaluatorSettings(BaseSettings):

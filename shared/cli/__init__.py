@@ -5,6 +5,7 @@
     chouette models | report      the model registry; curves and confusion matrix as PNG
     chouette predict              class probabilities for local images (loads TensorFlow)
     chouette services | worker    local RabbitMQ + PostgreSQL; run one service by module name
+    chouette weights              pull (verified) and list the ImageNet weights cache
 
 Exit codes: 0 success, 1 failure (the request failed, a server is unreachable),
 2 bad input (one line naming the field; nothing is published).

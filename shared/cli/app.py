@@ -30,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from shared.cli.demo import run_demo
 
             return run_demo(args)
+        if args.command == "weights":
+            from shared.cli.weights import run_weights
+
+            return run_weights(args)
         return _run_async(args)
     except UsageError as exc:
         print(f"chouette: error: {exc}", file=sys.stderr)

@@ -106,6 +106,10 @@ def build_parser() -> Parser:
     from shared.cli.demo import add_arguments
 
     add_arguments(demo)
+
+    from shared.cli.weights import add_parser as add_weights_parser
+
+    add_weights_parser(sub)
     return parser
 
 
