@@ -39,6 +39,8 @@ Tag = Literal["vine", "ground", "grass"]
 TAGS: Final[tuple[str, ...]] = get_args(Tag)
 Optimizer = Literal["adam", "sgd", "rmsprop", "adagrad"]
 OPTIMIZERS: Final[tuple[str, ...]] = get_args(Optimizer)
+LrSchedule = Literal["cosine", "constant"]
+LR_SCHEDULES: Final[tuple[str, ...]] = get_args(LrSchedule)
 Split = Literal["train", "val", "test", "all"]
 
 MIN_IMAGE_SIZE: Final = 32
@@ -85,24 +87,43 @@ class DatasetSpec(_Frozen):
 
 
 class TrainingParams(_Frozen):
-    """The network and hyper-parameters of one training request."""
+    """The network and hyper-parameters of one training request.
+
+    The defaults are the recipe chosen on real field photos trained on one season and
+    scored on the next (``bench/bench_quality.py``; the README's ablation table shows what
+    each ingredient is worth).
+    """
 
     architecture: Architecture
-    epochs: int = Field(5, gt=0, le=1000)
+    epochs: int = Field(40, gt=0, le=1000)
     batch_size: int = Field(16, gt=0, le=4096)
     image_size: int = Field(64, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)
+    # The peak learning rate (after the warm-up, before the schedule's decay).
     learning_rate: float = Field(1e-3, gt=0, lt=10)
     optimizer: Optimizer = "adam"
     # "none" (from scratch), "imagenet" (Keras cache only), or a local weights file path.
     weights: str = "none"
+    # Augmentations (services/trainer/augment.py): ``augment`` switches them all off.
     augment: bool = True
-    dropout: float = Field(0.2, ge=0, lt=1)
+    augment_geometry: bool = True  # flips and 90° rotations
+    augment_color: bool = True  # brightness, contrast, saturation, hue
+    crop_min_area: float = Field(0.6, gt=0, le=1)  # random resized crop; 1 switches it off
+    dropout: float = Field(0.3, ge=0, lt=1)
+    # Decoupled weight decay (AdamW-style: each step subtracts learning rate × decay × weight).
+    weight_decay: float = Field(0.02, ge=0, lt=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    # Learning rate: linear warm-up over ``warmup_epochs``, then cosine decay to zero, or
+    # constant.
+    lr_schedule: LrSchedule = "cosine"
+    warmup_epochs: int = Field(2, ge=0, le=1000)
     seed: int = Field(42, ge=0)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     val_fraction: float = Field(0.15, gt=0, lt=1)
     # Epochs with the pretrained base frozen (fine-tuning); 0 trains everything from the start.
     freeze_epochs: int = Field(0, ge=0)
-    early_stopping_patience: int = Field(5, gt=0)
+    # After the frozen epochs, the whole network trains at this fraction of the learning rate.
+    fine_tune_lr_factor: float = Field(0.1, gt=0, le=1)
+    early_stopping_patience: int = Field(10, gt=0)
 
     @field_validator("weights")
     @classmethod

@@ -1,13 +1,13 @@
 """The training input: a split's images (bytes from Postgres) → batched ``tf.data`` pipeline.
 
     encoded bytes ─map(decode_resize, parallel)─▶ cache ─▶ shuffle(seed) ─▶ batch
-        ─▶ map(augment, one batch at a time) ─▶ prefetch
+        ─▶ map(augment, one batch at a time: services/trainer/augment.py) ─▶ prefetch
 
 Decoding is ``shared.images.decode_resize``, the same op the evaluator and
 ``chouette predict`` use. Decoded images are cached (in memory, or in files under
 ``cache_dir``), so only the first epoch decodes; augmentation runs after the cache, on
-whole batches, so every epoch sees new variants. The augmentation map is sequential: its
-random layers draw from one seeded generator, and batches augmented in parallel would take
+whole batches, so every epoch sees new variants. The augmentation map is sequential: it
+draws from one seeded generator, and batches augmented in parallel would take
 the draws in a racy order; in order, the same seed gives the same images (the prefetch
 still overlaps it with training, and each batch's ops use every core). Labels are class
 indices in the order of the model's class names; :func:`class_weights` balances imbalanced
@@ -21,21 +21,17 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from services.trainer.augment import Augmentation, Augmenter
 from shared.images import image_dataset, tf_decodable
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
 logger = logging.getLogger(__name__)
-
-# Strengths of the augmentations (fractions of a full turn / of the size / of the contrast).
-ROTATION = 0.04
-ZOOM = 0.15
-CONTRAST = 0.2
 
 
 @dataclass(frozen=True)
@@ -77,21 +73,6 @@ def steps_per_epoch(n_images: int, batch_size: int) -> int:
     return max(1, math.ceil(n_images / batch_size))
 
 
-def make_augmenter(seed: int) -> Any:
-    """Flip, rotation, zoom and contrast (Keras preprocessing layers, seeded)."""
-    import keras
-
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomRotation(ROTATION, fill_mode="reflect", seed=seed + 1),
-            keras.layers.RandomZoom((-ZOOM, ZOOM), fill_mode="reflect", seed=seed + 2),
-            keras.layers.RandomContrast(CONTRAST, value_range=(0, 255), seed=seed + 3),
-        ],
-        name="augment",
-    )
-
-
 def _cached(ds: tf.data.Dataset, cache_dir: str, name: str) -> tf.data.Dataset:
     if not cache_dir:
         return ds.cache()
@@ -106,21 +87,25 @@ def training_dataset(
     image_size: int,
     batch_size: int,
     *,
-    augment: bool,
+    augment: Augmentation | bool,
     seed: int,
     cache_dir: str = "",
     cache_name: str = "train",
 ) -> tf.data.Dataset:
-    """Decoded, cached, shuffled (seeded, new order each epoch), batched, augmented."""
+    """Decoded, cached, shuffled (seeded, new order each epoch), batched, augmented.
+
+    ``augment``: which augmentations (``True``: the default ones, ``False``: none).
+    """
     import tensorflow as tf
 
     ds = image_dataset(split.images, split.labels, image_size)
     ds = _cached(ds, cache_dir, cache_name)
     ds = ds.shuffle(max(1, len(split)), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    if augment:
-        augmenter = make_augmenter(seed)
-        ds = ds.map(lambda x, y: (augmenter(x, training=True), y))
+    augmentation = Augmentation() if augment is True else augment or None
+    if augmentation is not None and augmentation.active:
+        augmenter = Augmenter(augmentation, seed)
+        ds = ds.map(lambda x, y: (augmenter(x), y))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -4,8 +4,10 @@
       (spec) and compiled ─▶ fresh initial weights from the seed ─▶ BatchNorm momentum
       for the epoch length
       ─▶ restore the last checkpoint (resume) ─▶ fit, phase by phase (frozen base, then all)
-           each epoch end: hooks.epoch_end (row + checkpoint + progress, one transaction)
+           each batch start: the learning rate of the schedule (warm-up, cosine decay)
            each batch end: stop flag (SIGTERM) and the hard time limit
+           each epoch end: BatchNorm statistics re-estimated, validation in inference
+             mode, hooks.epoch_end (row + checkpoint + progress, one transaction)
       ─▶ restore the best epoch's weights ─▶ re-estimate BatchNorm statistics ─▶ Outcome
 
 Reusing a network (``shared.model_cache``) skips building it and, above all, tracing its
@@ -19,10 +21,15 @@ thread, through ``asyncio.run_coroutine_threadsafe`` (``services/trainer/recorde
 
 BatchNorm: trained from scratch on a few hundred images, a ResNet's moving statistics
 lag behind its weights at Keras' default momentum (0.99 needs ~300 steps), so inference
-mode predicts nearly one class. Two remedies, both applied: the momentum is set so the
-statistics settle within an epoch (validation, hence early stopping, sees sensible
-numbers), and after training the statistics are re-estimated exactly, as the average of
-the training-mode batch statistics over the whole training split ("precise BN").
+mode predicts nearly one class. Three remedies, all applied: the momentum is set so the
+statistics settle within an epoch; at each epoch end the statistics are re-estimated from
+(up to ``STATS_IMAGES``) training images before validating, so the validation figure that
+early stopping and the choice of the kept epoch use is the one inference will see with the
+statistics stored in that epoch's checkpoint; and after training they are re-estimated
+over the whole training split ("precise BN").
+
+The loss is cross-entropy with label smoothing; the optimizer has decoupled weight decay;
+the learning rate warms up linearly, then follows a cosine to zero (:func:`learning_rate_at`).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from services.trainer.augment import Augmentation
 from services.trainer.dataset import (
     Split,
     class_weights,
@@ -65,6 +73,9 @@ if TYPE_CHECKING:
     import keras
 
 logger = logging.getLogger(__name__)
+
+# Training images whose batch statistics set BatchNorm's before each epoch's validation.
+STATS_IMAGES = 256
 
 
 class TrainingAbandoned(Exception):
@@ -178,11 +189,19 @@ def reuse_key(job: Job) -> Hashable | None:
     """What a kept network must match to train ``job`` (None: build one for this job only).
 
     Everything baked into the traced training step: the spec (architecture, size, classes,
-    dropout), the optimizer and XLA. Not the learning rate (a variable), nor the seed.
+    dropout), the optimizer and its weight decay, the label smoothing and XLA. Not the
+    learning rate (a variable), nor the seed.
     """
-    if job.spec.weights != "none" or job.params.weights != "none" or frozen_epochs(job.params):
+    params = job.params
+    if job.spec.weights != "none" or params.weights != "none" or frozen_epochs(params):
         return None
-    return (job.spec, job.params.optimizer, job.accelerator.jit_compile)
+    return (
+        job.spec,
+        params.optimizer,
+        params.weight_decay,
+        params.label_smoothing,
+        job.accelerator.jit_compile,
+    )
 
 
 @dataclass
@@ -210,18 +229,66 @@ class Outcome:
         return sum(r.images for r in self.history) / seconds if seconds > 0 else None
 
 
-def make_optimizer(name: str, learning_rate: float) -> Any:
+def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0) -> Any:
+    """The optimizer ``name``; ``weight_decay`` > 0 adds Keras's decoupled weight decay."""
     import keras
 
     from services.trainer.optimizers import FusedAdam, FusedSGD
 
+    decay = weight_decay or None
     if name == "sgd":
-        return FusedSGD(learning_rate, momentum=0.9)
+        return FusedSGD(learning_rate, momentum=0.9, weight_decay=decay)
     if name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate)
+        return keras.optimizers.RMSprop(learning_rate, weight_decay=decay)
     if name == "adagrad":
-        return keras.optimizers.Adagrad(learning_rate)
-    return FusedAdam(learning_rate)
+        return keras.optimizers.Adagrad(learning_rate, weight_decay=decay)
+    return FusedAdam(learning_rate, weight_decay=decay)
+
+
+def augmentation_of(params: TrainingParams) -> Augmentation | None:
+    """The request's augmentations, or None when ``augment`` is off."""
+    if not params.augment:
+        return None
+    return Augmentation(
+        geometry=params.augment_geometry,
+        color=params.augment_color,
+        crop_min_area=params.crop_min_area,
+    )
+
+
+def learning_rate_at(
+    step: int, *, total_steps: int, warmup_steps: int, peak: float, schedule: str
+) -> float:
+    """The learning rate of training step ``step`` (0-based) out of ``total_steps``.
+
+    Linear warm-up from ``peak / warmup_steps`` to ``peak`` over the first ``warmup_steps``
+    (large updates on freshly initialised weights are what makes the first epochs of a
+    small dataset erratic), then ``peak`` ("constant") or a cosine from ``peak`` down to
+    zero at the last step ("cosine").
+    """
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return peak
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def smoothed_loss(label_smoothing: float, n_classes: int) -> Any:
+    """Sparse categorical cross-entropy against labels smoothed by ``label_smoothing``."""
+    import keras
+
+    if not label_smoothing:
+        return "sparse_categorical_crossentropy"
+
+    def loss(y_true: Any, y_pred: Any) -> Any:
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        target = keras.ops.one_hot(labels, n_classes)
+        return keras.losses.categorical_crossentropy(
+            target, y_pred, label_smoothing=label_smoothing
+        )
+
+    return loss
 
 
 def frozen_epochs(params: TrainingParams) -> int:
@@ -246,12 +313,17 @@ def _learning_rate(model: keras.Model) -> float | None:
 
 
 def _make_callback(loop: _Loop) -> Any:
-    """A Keras callback forwarding to ``loop``: epoch timing, limits per batch, epoch ends."""
+    """A Keras callback forwarding to ``loop``: epoch timing, learning rate and limits per
+    batch, epoch ends."""
     import keras
 
     class EpochCallback(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             loop.epoch_started = time.monotonic()
+            loop.epoch_index = epoch
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            loop.set_learning_rate(batch)
 
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             loop.check_limits()
@@ -277,8 +349,12 @@ class _Loop:
             if row.monitored(self.monitor) < self.best_value:
                 self.best_epoch, self.best_value = row.epoch, row.monitored(self.monitor)
         self.epoch_started = time.monotonic()
+        self.epoch_index = 0
         self.timed_out = False
         self.model: keras.Model | None = None
+        self.validator: Validator | None = None
+        self.steps_per_epoch = 1
+        self.lr_factor = 1.0  # fine_tune_lr_factor once a frozen base is unfrozen
 
     @property
     def last_epoch(self) -> int:
@@ -296,10 +372,24 @@ class _Loop:
             self.timed_out = True
             raise _TimeUp
 
+    def set_learning_rate(self, batch: int) -> None:
+        assert self.model is not None
+        params = self.job.params
+        rate = learning_rate_at(
+            self.epoch_index * self.steps_per_epoch + batch,
+            total_steps=params.epochs * self.steps_per_epoch,
+            warmup_steps=params.warmup_epochs * self.steps_per_epoch,
+            peak=params.learning_rate,
+            schedule=params.lr_schedule,
+        )
+        self.model.optimizer.learning_rate.assign(rate * self.lr_factor)
+
     def epoch_finished(self, epoch: int, logs: dict[str, Any]) -> None:
         assert self.model is not None
         if self.stop.is_set():
             raise TrainingAbandoned("stop requested")
+        if self.validator is not None:
+            logs = {**logs, **self.validator(self.model)}
         result = EpochResult(
             epoch=epoch,
             loss=_float(logs.get("loss")),
@@ -348,9 +438,10 @@ _ZEROS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def _compile(model: keras.Model, job: Job) -> None:
+    params = job.params
     model.compile(
-        optimizer=make_optimizer(job.params.optimizer, job.params.learning_rate),
-        loss="sparse_categorical_crossentropy",
+        optimizer=make_optimizer(params.optimizer, params.learning_rate, params.weight_decay),
+        loss=smoothed_loss(params.label_smoothing, model.output_shape[-1]),
         metrics=["accuracy"],
         jit_compile=job.accelerator.jit_compile,
     )
@@ -449,15 +540,18 @@ def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
     steps = steps_per_epoch(len(job.train), batch_size)
     momentum = momentum_for_steps(steps)
     train_ds = training_dataset(
-        job.train, spec.image_size, batch_size, augment=params.augment, seed=params.seed,
-        cache_dir=job.cache_dir,
+        job.train, spec.image_size, batch_size, augment=augmentation_of(params) or False,
+        seed=params.seed, cache_dir=job.cache_dir,
     )  # fmt: skip
-    val_ds = (
-        evaluation_dataset(job.val, spec.image_size, batch_size, cache_dir=job.cache_dir)
-        if len(job.val)
-        else None
+    stats_ds = evaluation_dataset(
+        job.train, spec.image_size, batch_size, cache_dir=job.cache_dir, cache_name="stats"
     )
     loop = _Loop(job, hooks, stop)
+    loop.steps_per_epoch = steps
+    if len(job.val):
+        val_ds = evaluation_dataset(job.val, spec.image_size, batch_size, cache_dir=job.cache_dir)
+        stats_batches = max(1, STATS_IMAGES // batch_size)
+        loop.validator = Validator(val_ds, stats_ds.take(stats_batches), n_classes)
     freeze = frozen_epochs(params)
     resuming = job.checkpoint_epoch > 0
     # A resumed model gets all its weights from the checkpoint: no need for the initial ones.
@@ -511,9 +605,9 @@ def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
                 base.trainable = trainable
                 with scope():  # a new optimizer for the new set of trainable weights
                     _compile(model, job)
+            loop.lr_factor = params.fine_tune_lr_factor if trainable and freeze else 1.0
             model.fit(
                 train_ds,
-                validation_data=val_ds,
                 epochs=phase_end,
                 initial_epoch=loop.last_epoch,
                 class_weight=weights,
@@ -544,12 +638,9 @@ def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
     finishing = time.monotonic()
     recalibrated = 0
     if base_of(model).trainable:  # the base was trained in at least one epoch
-        stats_ds = evaluation_dataset(
-            job.train, spec.image_size, batch_size, cache_dir=job.cache_dir, cache_name="stats"
-        )
         recalibrated = recalibrate_batchnorm(model, stats_ds)
     recalibrated_at = time.monotonic()
-    final = _final_metrics(model, loop, best, val_ds)
+    final = _final_metrics(model, loop, best)
     logger.info(
         "BatchNorm re-estimated (%d layers) in %.2f s, validated in %.2f s",
         recalibrated, recalibrated_at - finishing, time.monotonic() - recalibrated_at,
@@ -570,7 +661,7 @@ def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
 
 
 def _final_metrics(
-    model: keras.Model, loop: _Loop, best: int, val_ds: Any
+    model: keras.Model, loop: _Loop, best: int
 ) -> dict[str, float | int | str | None]:
     """The best epoch's metrics, and the final model's validation metrics in inference mode."""
     row = next(r for r in loop.history if r.epoch == best)
@@ -580,8 +671,56 @@ def _final_metrics(
         "val_loss": row.val_loss,
         "val_accuracy": row.val_accuracy,
     }
-    if val_ds is not None:
-        values = model.evaluate(val_ds, verbose=0, return_dict=True)
-        metrics["final_val_loss"] = _float(values.get("loss"))
-        metrics["final_val_accuracy"] = _float(values.get("accuracy"))
+    if loop.validator is not None:
+        values = loop.validator.score(model)
+        metrics["final_val_loss"] = values["val_loss"]
+        metrics["final_val_accuracy"] = values["val_accuracy"]
     return metrics
+
+
+class Validator:
+    """Validation as inference will see it: BatchNorm statistics re-estimated, then scored.
+
+    ``stats`` (training images, unaugmented) set every BatchNorm layer's moving statistics
+    to their batch statistics (:func:`recalibrate_batchnorm`); the statistics stay, so the
+    epoch's checkpoint holds the network that was validated. The loss is plain
+    cross-entropy (no label smoothing), whatever the training loss.
+    """
+
+    def __init__(self, val: Any, stats: Any, n_classes: int) -> None:
+        self.val = val
+        self.stats = stats
+        self.n_classes = n_classes
+
+    def __call__(self, model: keras.Model) -> dict[str, float | None]:
+        if base_of(model).trainable:
+            recalibrate_batchnorm(model, self.stats)
+        return self.score(model)
+
+    def score(self, model: keras.Model) -> dict[str, float | None]:
+        forward = _inference_forward(model)
+        losses, correct, seen = 0.0, 0, 0
+        for images, labels in self.val:
+            probabilities = np.asarray(forward(images), np.float64)
+            truth = np.asarray(labels, np.int64)
+            picked = probabilities[np.arange(len(truth)), truth]
+            losses += float(-np.log(np.clip(picked, 1e-7, 1.0)).sum())
+            correct += int((probabilities.argmax(axis=1) == truth).sum())
+            seen += len(truth)
+        if not seen:
+            return {"val_loss": None, "val_accuracy": None}
+        return {"val_loss": losses / seen, "val_accuracy": correct / seen}
+
+
+_INFERENCE: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _inference_forward(model: keras.Model) -> Any:
+    """``model(x, training=False)`` as a graph, kept with the model."""
+    import tensorflow as tf
+
+    forward = _INFERENCE.get(model)
+    if forward is None:
+        forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        _INFERENCE[model] = forward
+    return forward

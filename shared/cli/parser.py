@@ -15,6 +15,7 @@ WORKERS = ("fetcher", "trainer", "evaluator", "simulator")
 ARCHITECTURES = ("ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2")
 TAGS = ("vine", "ground", "grass")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
+LR_SCHEDULES = ("cosine", "constant")
 
 
 class UsageError(Exception):
@@ -47,15 +48,39 @@ def build_parser() -> Parser:
     net.add_argument("--epochs", type=int, metavar="N")
     net.add_argument("--batch-size", type=int, metavar="N")
     net.add_argument("--image-size", type=int, metavar="PX", help="square input size, >= 32")
-    net.add_argument("--learning-rate", type=float, metavar="X")
+    net.add_argument("--learning-rate", type=float, metavar="X", help="peak, after the warm-up")
     net.add_argument("--optimizer", metavar="NAME", help="|".join(OPTIMIZERS))
     net.add_argument("--weights", metavar="none|imagenet|PATH")
-    net.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    net.add_argument(
+        "--augment", action=argparse.BooleanOptionalAction, default=None, help="all augmentations"
+    )
+    net.add_argument(
+        "--augment-geometry",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flips and 90° rotations",
+    )
+    net.add_argument(
+        "--augment-color",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="brightness, contrast, saturation, hue",
+    )
+    net.add_argument(
+        "--crop-min-area", type=float, metavar="X", help="random resized crop; 1 switches it off"
+    )
     net.add_argument("--dropout", type=float, metavar="X")
+    net.add_argument("--weight-decay", type=float, metavar="X", help="decoupled (AdamW-style)")
+    net.add_argument("--label-smoothing", type=float, metavar="X")
+    net.add_argument("--lr-schedule", metavar="NAME", help="|".join(LR_SCHEDULES))
+    net.add_argument("--warmup-epochs", type=int, metavar="N")
     net.add_argument("--seed", type=int, metavar="N")
     net.add_argument("--test-fraction", type=float, metavar="X", help="in (0, 1)")
     net.add_argument("--val-fraction", type=float, metavar="X", help="in (0, 1)")
-    net.add_argument("--freeze-epochs", type=int, metavar="N")
+    net.add_argument("--freeze-epochs", type=int, metavar="N", help="pretrained base frozen")
+    net.add_argument(
+        "--fine-tune-lr-factor", type=float, metavar="X", help="learning rate after the freeze"
+    )
     net.add_argument("--early-stopping-patience", type=int, metavar="N")
     _follow_flags(train)
 

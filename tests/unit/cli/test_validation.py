@@ -126,6 +126,16 @@ def test_parser_choices_equal_the_message_models() -> None:
     assert parser.ARCHITECTURES == messages.ARCHITECTURES
     assert parser.TAGS == messages.TAGS
     assert parser.OPTIMIZERS == messages.OPTIMIZERS
+    assert parser.LR_SCHEDULES == messages.LR_SCHEDULES
+
+
+def test_every_training_parameter_has_a_flag() -> None:
+    from shared.cli.submit import _TRAINING_FLAGS
+
+    flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}  # type: ignore[union-attr]
+    fields = set(messages.TrainingParams.model_fields) - {"architecture"}
+    assert fields == set(_TRAINING_FLAGS)
+    assert fields <= flags
 
 
 def test_training_request_keeps_only_given_flags() -> None:
