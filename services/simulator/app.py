@@ -206,10 +206,13 @@ def _entry(request: web.Request, sim: Simulator, image: field.FieldImage) -> dic
     style = f.timestamp_format
     if style == "mixed":
         style = "iso" if field.unit_hash(seed, image.image_id, "ts") < 0.5 else "spec"
+    taken_at = image.taken_at  # a share of entries is listed with a timestamp a year early
+    if field.unit_hash(seed, image.image_id, "out-of-range") < f.out_of_range_rate:
+        taken_at -= dt.timedelta(days=365)
     entry: dict[str, Any] = {
         "id": image.ordinal,
         "tag": image.tag,
-        "timestamp": format_timestamp(image.taken_at, style),
+        "timestamp": format_timestamp(taken_at, style),
         "job": f"job-{image.taken_at:%Y%m%d}",
     }
     missing_rate = (

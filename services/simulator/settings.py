@@ -48,6 +48,7 @@ class Faults:
     link_key: Literal["media", "url"] = "media"  # the key of the image link in listings
     timestamp_format: Literal["spec", "iso", "mixed"] = "mixed"
     missing_link_rate: float | None = None  # None: the natural ~3 % of entries without link
+    out_of_range_rate: float = 0.0  # share of listing entries whose timestamp is a year early
     corrupt_rate: float = 0.0  # share of images served truncated
     non_image_rate: float = 0.0  # share of images served as an XML error page with 200
     listing: Literal["normal", "empty", "object", "html"] = "normal"
