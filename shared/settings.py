@@ -81,6 +81,12 @@ class FetcherSettings(BaseSettings):
     prefetch: int = 4
     # Seconds between two `fetching n/N` progress writes of one request.
     progress_interval: float = 0.5
+    # Grouped split: photos (of any tag) taken less than this many seconds after the previous
+    # one are one capture session and stay on one side of train/val/test (0: no sessions).
+    session_gap_seconds: float = Field(120.0, ge=0)
+    # Near duplicates: images whose 64-bit perceptual hashes (dHash) differ in at most this
+    # many bits stay on one side too (-1: no near-duplicate grouping).
+    phash_max_distance: int = Field(6, ge=-1, le=64)
 
 
 class TrainerSettings(BaseSettings):

@@ -119,15 +119,17 @@ class FetcherHandler:
             dataset_id=report.dataset_id,
         )
         logger.info(
-            "dataset %d (%s): %d images %s; %d downloaded, %d already stored, "
-            "%d entries without link, rejected %s",
+            "dataset %d (%s): %d images %s%s; %d downloaded, %d already stored, "
+            "%d entries without link, %d taken outside the range, rejected %s",
             report.dataset_id,
             "new" if report.created else "existing",
             report.n_images,
             report.counts,
+            "" if report.n_groups is None else f" in {report.n_groups} groups",
             report.downloaded,
             report.reused,
             report.skipped,
+            report.out_of_range,
             dict(report.rejected) or "none",
         )
         return report

@@ -2,6 +2,7 @@
 
 Images are committed one by one as they arrive (a redelivered request resumes where it
 stopped); a dataset and its manifest are committed together in one transaction.
+Perceptual hashes are unsigned 64-bit integers in Python and signed ``bigint`` in SQL.
 """
 
 from __future__ import annotations
@@ -17,6 +18,18 @@ from services.fetcher.validation import ImageInfo
 from shared.db import Pool
 
 Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
+
+_BIT63 = 1 << 63
+_BIT64 = 1 << 64
+
+
+def phash_to_sql(phash: int | None) -> int | None:
+    """An unsigned 64-bit hash as the signed value a ``bigint`` holds (same bits)."""
+    return None if phash is None else phash - _BIT64 if phash >= _BIT63 else phash
+
+
+def phash_from_sql(value: int | None) -> int | None:
+    return None if value is None else value % _BIT64
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,7 @@ class DatasetRow:
     split_counts: Mapping[str, Mapping[str, int]]
     skipped: int
     rejected: Mapping[str, int]
+    n_groups: int | None = None
 
 
 async def known_sources(con: Executor, source_keys: Iterable[str]) -> dict[str, str]:
@@ -58,14 +72,16 @@ async def save_image(
     """Store the image (once per content) and remember where it came from."""
     async with pool.acquire() as con, con.transaction():
         await con.execute(
-            "INSERT INTO images (sha256, bytes, byte_size, width, height, format)"
-            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING",
+            "INSERT INTO images (sha256, bytes, byte_size, width, height, format, phash)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (sha256) DO UPDATE"
+            " SET phash = EXCLUDED.phash WHERE images.phash IS NULL",
             sha256,
             data,
             len(data),
             info.width,
             info.height,
             info.format,
+            phash_to_sql(info.phash),
         )
         await con.execute(
             "INSERT INTO image_sources (source_key, sha256) VALUES ($1, $2)"
@@ -74,6 +90,29 @@ async def save_image(
             source_key,
             sha256,
         )
+
+
+async def image_phashes(con: Executor, shas: Iterable[str]) -> dict[str, int | None]:
+    """``{sha256: perceptual hash or None}`` for stored images (None: stored without one)."""
+    rows = await con.fetch(
+        "SELECT sha256, phash FROM images WHERE sha256 = ANY($1::text[])", list(shas)
+    )
+    return {r["sha256"]: phash_from_sql(r["phash"]) for r in rows}
+
+
+async def image_bytes(con: Executor, shas: Sequence[str]) -> dict[str, bytes]:
+    rows = await con.fetch(
+        "SELECT sha256, bytes FROM images WHERE sha256 = ANY($1::text[])", list(shas)
+    )
+    return {r["sha256"]: bytes(r["bytes"]) for r in rows}
+
+
+async def set_phashes(con: Executor, phashes: Mapping[str, int]) -> None:
+    """Record hashes computed later (images stored before hashes were)."""
+    await con.executemany(
+        "UPDATE images SET phash = $2 WHERE sha256 = $1 AND phash IS NULL",
+        [(sha, phash_to_sql(phash)) for sha, phash in phashes.items()],
+    )
 
 
 async def find_dataset(
@@ -95,8 +134,8 @@ async def create_dataset(pool: Pool, row: DatasetRow, manifest: Sequence[Manifes
     async with pool.acquire() as con, con.transaction():
         dataset_id = await con.fetchval(
             "INSERT INTO datasets (start_date, end_date, tags, digest, test_fraction,"
-            " val_fraction, seed, n_images, counts, split_counts, skipped, rejected)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            " val_fraction, seed, n_images, counts, split_counts, skipped, rejected, n_groups)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
             " ON CONFLICT (digest, test_fraction, val_fraction, seed) DO NOTHING"
             " RETURNING id",
             row.start_date,
@@ -111,6 +150,7 @@ async def create_dataset(pool: Pool, row: DatasetRow, manifest: Sequence[Manifes
             {k: dict(v) for k, v in row.split_counts.items()},
             row.skipped,
             dict(row.rejected),
+            row.n_groups,
         )
         if dataset_id is None:  # the same content is already a dataset (a concurrent twin)
             existing = await find_dataset(
@@ -134,7 +174,8 @@ async def create_dataset(pool: Pool, row: DatasetRow, manifest: Sequence[Manifes
 
 async def dataset_summary(con: Executor, dataset_id: int) -> dict[str, Any] | None:
     row = await con.fetchrow(
-        "SELECT id, n_images, counts, split_counts, skipped, rejected FROM datasets WHERE id = $1",
+        "SELECT id, n_images, counts, split_counts, skipped, rejected, n_groups"
+        " FROM datasets WHERE id = $1",
         dataset_id,
     )
     return None if row is None else dict(row)

@@ -12,7 +12,7 @@ import aio_pika
 import pytest
 
 from services.fetcher.client import ChouetteClient
-from services.fetcher.dataset import content_digest
+from services.fetcher.dataset import content_digest, grouping_rule
 from services.fetcher.handler import FetcherHandler
 from shared import db
 from shared.broker import FETCHER, TRAINER, Broker
@@ -72,7 +72,8 @@ async def test_training_request_stores_a_split_dataset(
     assert (row["test_fraction"], row["val_fraction"], row["seed"]) == (0.2, 0.15, 42)
 
     manifest = await pool.fetch(
-        "SELECT di.*, i.width, i.height, i.format, i.byte_size, i.bytes FROM dataset_images di"
+        "SELECT di.*, i.width, i.height, i.format, i.byte_size, i.bytes, i.phash"
+        " FROM dataset_images di"
         " JOIN images i USING (sha256) WHERE dataset_id = $1",
         ready.dataset_id,
     )
@@ -82,7 +83,10 @@ async def test_training_request_stores_a_split_dataset(
         assert (m["width"], m["height"], m["format"]) == (128, 96, "JPEG")
         assert "?" not in m["source_url"]
         assert m["taken_at"] is not None
-    assert row["digest"] == content_digest((m["sha256"], m["tag"]) for m in manifest)
+    grouping = grouping_rule(handler.settings)
+    assert row["digest"] == content_digest(((m["sha256"], m["tag"]) for m in manifest), grouping)
+    assert 1 <= row["n_groups"] <= 21
+    assert all(m["phash"] is not None for m in manifest)
     # Every class has a test image, and the split counts match the manifest.
     per_split = {(m["split"], m["tag"]) for m in manifest}
     assert {("test", t) for t in ("vine", "ground", "grass")} <= per_split
