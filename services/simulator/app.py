@@ -1,9 +1,12 @@
-"""A stand-in for the Chouette image API (DESIGN §4), with switchable faults.
+"""A stand-in for the Chouette image API, with switchable faults.
 
 POST /api/users/auth/          {"username", "password"} → {"token"} (DRF: 400 if wrong)
 GET  /api/jobs/get-images/     ?tag=&start_date=&end_date= → JSON list;
                                ``Authorization: Token …`` or HTTP Basic
 GET  /media/field/<id>.jpg?…   the image behind a signed-looking, expiring link (no auth)
+
+It serves the generated field dataset (``field``) or, with ``SIMULATOR_PHOTOS_DIR``, a
+folder of labelled real photos (``photos``), with the same quirks.
 GET|PUT /_simulator/faults     read or change the faults (JSON object of Faults fields)
 GET  /_simulator/stats         request counters per kind
 POST /_simulator/reset         faults back to the start-up ones, counters to zero
@@ -22,12 +25,13 @@ import logging
 import random
 import secrets
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
 from services.simulator import field
+from services.simulator.photos import Photo, PhotoFolder
 from services.simulator.settings import Faults, Kind, SimulatorSettings
 
 logger = logging.getLogger(__name__)
@@ -53,6 +57,8 @@ class Simulator:
     stats: Counter[str] = dataclasses.field(default_factory=Counter)
     rng: random.Random = dataclasses.field(default_factory=lambda: random.Random(0))
     signing_key: bytes = dataclasses.field(default_factory=lambda: secrets.token_bytes(16))
+    # Real photos served instead of the generated field dataset (``SIMULATOR_PHOTOS_DIR``).
+    photos: PhotoFolder | None = None
 
     @property
     def open_access(self) -> bool:
@@ -72,6 +78,8 @@ def create_app(
 ) -> web.Application:
     settings = settings or SimulatorSettings()
     sim = Simulator(settings, faults or Faults.from_settings(settings))
+    if settings.photos_dir:
+        sim.photos = PhotoFolder(settings.photos_dir, settings.seed)
     app = web.Application(middlewares=[_faults_middleware])
     app[SIMULATOR] = sim
     app.router.add_post(LOGIN_PATH, login)
@@ -201,7 +209,7 @@ def _signed_link(request: web.Request, sim: Simulator, image_id: str) -> str:
     )
 
 
-def _entry(request: web.Request, sim: Simulator, image: field.FieldImage) -> dict[str, Any]:
+def _entry(request: web.Request, sim: Simulator, image: field.FieldImage | Photo) -> dict[str, Any]:
     f, seed = sim.faults, sim.settings.seed
     style = f.timestamp_format
     if style == "mixed":
@@ -251,7 +259,11 @@ async def listing(request: web.Request) -> web.Response:
         return web.Response(text="<html><body>Maintenance</body></html>", content_type="text/html")
     if shape == "empty" or tag not in field.TAGS:
         return web.json_response([])
-    images = field.catalogue(start, end, tag, sim.settings.seed)
+    images: Iterable[field.FieldImage | Photo] = (
+        sim.photos.catalogue(start, end, tag)
+        if sim.photos is not None
+        else field.catalogue(start, end, tag, sim.settings.seed)
+    )
     return web.json_response([_entry(request, sim, image) for image in images])
 
 
@@ -261,7 +273,8 @@ async def listing(request: web.Request) -> web.Response:
 async def media(request: web.Request) -> web.StreamResponse:
     sim = request.app[SIMULATOR]
     seed = sim.settings.seed
-    image = field.lookup(request.match_info["image_id"], seed)
+    image_id = request.match_info["image_id"]
+    image = sim.photos.lookup(image_id) if sim.photos is not None else field.lookup(image_id, seed)
     if image is None:
         raise web.HTTPNotFound(text="NoSuchKey")
     if "X-Amz-Signature" not in request.query:
@@ -269,7 +282,11 @@ async def media(request: web.Request) -> web.StreamResponse:
     f = sim.faults
     if field.unit_hash(seed, image.image_id, "non-image") < f.non_image_rate:
         return web.Response(body=_ACCESS_DENIED, content_type="application/xml")
-    data = field.render(image.image_id, image.tag, seed)
+    data = (
+        sim.photos.data(image)
+        if isinstance(image, Photo) and sim.photos is not None
+        else field.render(image.image_id, image.tag, seed)
+    )
     if field.unit_hash(seed, image.image_id, "corrupt") < f.corrupt_rate:
         data = data[: len(data) // 2]
     if f.image_pad_bytes <= 0:

@@ -85,9 +85,7 @@ class PhotoFolder:
         photos: list[Photo] = []
         per_source: dict[str, int] = {}
         for tag in TAGS:
-            files = sorted(
-                p for p in (self.root / tag).glob("*") if p.suffix.lower() in SUFFIXES
-            )
+            files = sorted(p for p in (self.root / tag).glob("*") if p.suffix.lower() in SUFFIXES)
             for path in files:
                 source = source_of(path.stem)
                 index = per_source[source] = per_source.get(source, -1) + 1

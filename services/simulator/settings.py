@@ -17,8 +17,12 @@ class SimulatorSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8081
-    # Changes the whole generated field dataset (catalogue and pixels).
+    # Changes the whole generated field dataset (catalogue and pixels), and the dates
+    # given to the source photos of ``photos_dir``.
     seed: int = 2020
+    # A folder of labelled photos (``<dir>/<tag>/*.jpg``) to serve instead of the generated
+    # field dataset; each source photo is dated in one of two seasons (``photos.SEASONS``).
+    photos_dir: str = ""
     # When set, login, Basic auth and tokens must match; when empty any caller is accepted.
     username: str = ""
     password: str = ""

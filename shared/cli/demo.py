@@ -1,14 +1,16 @@
 """``chouette demo`` (what ``make demo`` runs): from nothing to a result table.
 
 1. local RabbitMQ + PostgreSQL (``shared.local_services``), unless already healthy;
-2. the simulator (unless real API credentials are configured) and the three services,
-   as subprocesses with their logs under ``.chouette/demo-logs/``;
-3. ResNet50V2 trained on two months of images at 64 px for 3 epochs (``--wait`` bars);
-4. the model evaluated on a later date range (the leak-free check);
+2. the simulator (unless real API credentials are configured) serving the real field
+   photos of ``data/field-tiles`` (``--photos DIR`` for another folder, ``--generated``
+   for the generated field dataset), and the three services, as subprocesses with their
+   logs under ``.chouette/demo-logs/``;
+3. ResNet50V2 trained on the first season at 64 px for a few epochs (``--wait`` bars);
+4. the model evaluated on the next season (the leak-free check);
 5. the result table, then everything it started is stopped again.
 
-Dates default to the simulator's field seasons; with real credentials pass dates that
-exist in your account (``--train-start`` ... ``--eval-end``).
+Dates default to the simulator's seasons; with real credentials pass dates that exist in
+your account (``--train-start`` ... ``--eval-end``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.cli.app import FAILED, OK, CommandFailed
@@ -24,10 +27,13 @@ from shared.cli.app import FAILED, OK, CommandFailed
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, DEFAULT_EPOCHS = "ResNet50V2", 64, 3
-# Two months of the simulator's field season for training, the next two for the later range.
-DEFAULT_TRAIN = ("2021-04-01", "2021-05-31")
-DEFAULT_EVAL = ("2021-06-01", "2021-07-31")
+DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, DEFAULT_EPOCHS = "ResNet50V2", 64, 6
+# The real photos shipped with the project, served by the simulator's folder mode.
+DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "data" / "field-tiles"
+# With photos: the simulator's first season for training, the next for the later range
+# (services/simulator/photos.py SEASONS). Generated: two months, then the next two.
+PHOTO_TRAIN, PHOTO_EVAL = ("2023-04-01", "2023-09-30"), ("2024-04-01", "2024-09-30")
+GENERATED_TRAIN, GENERATED_EVAL = ("2021-04-01", "2021-05-31"), ("2021-06-01", "2021-07-31")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,10 +41,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default=DEFAULT_ARCH)
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    parser.add_argument("--train-start", default=DEFAULT_TRAIN[0], metavar="D")
-    parser.add_argument("--train-end", default=DEFAULT_TRAIN[1], metavar="D")
-    parser.add_argument("--eval-start", default=DEFAULT_EVAL[0], metavar="D")
-    parser.add_argument("--eval-end", default=DEFAULT_EVAL[1], metavar="D")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--photos",
+        type=Path,
+        default=DEFAULT_PHOTOS,
+        metavar="DIR",
+        help="labelled photos DIR/<tag>/*.jpg the simulator serves (default: data/field-tiles)",
+    )
+    source.add_argument(
+        "--generated", action="store_true", help="the simulator's generated field dataset"
+    )
+    parser.add_argument("--train-start", metavar="D", help="default: the first season")
+    parser.add_argument("--train-end", metavar="D")
+    parser.add_argument("--eval-start", metavar="D", help="default: the next season")
+    parser.add_argument("--eval-end", metavar="D")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -48,6 +65,11 @@ def run_demo(args: argparse.Namespace) -> int:
     from shared.settings import Settings
 
     settings = Settings()
+    real_api = settings.has_api_credentials
+    photos = None if real_api or args.generated else args.photos.resolve()
+    if photos is not None and not photos.is_dir():
+        raise CommandFailed(f"--photos: {photos} is not a folder of <tag>/*.jpg photos")
+    _default_dates(args, photos is not None)
     messages = _messages(args)  # bad dates or architecture: exit 2 before starting anything
     t0 = time.monotonic()
     started_servers = False
@@ -58,7 +80,6 @@ def run_demo(args: argparse.Namespace) -> int:
         except Exception as exc:
             raise CommandFailed(f"cannot start local services: {exc}") from None
         started_servers = True
-    real_api = settings.has_api_credentials
     env = pipeline_env(
         amqp_url=settings.amqp_url.get_secret_value(),
         database_url=settings.database_url.get_secret_value(),
@@ -74,13 +95,18 @@ def run_demo(args: argparse.Namespace) -> int:
                 "CHOUETTE_AUTH": settings.chouette_auth,
             }
         )
+    if photos is not None:
+        env["SIMULATOR_PHOTOS_DIR"] = str(photos)
     stack = Stack(env, settings.chouette_home.resolve() / "demo-logs")
     names = SERVICES if real_api else ("simulator", *SERVICES)
-    _say(
-        f"starting {', '.join(names)} ("
-        + (f"real API at {settings.chouette_api_url}" if real_api else "simulated API")
-        + f"; logs in {stack.logdir})"
+    api = (
+        f"real API at {settings.chouette_api_url}"
+        if real_api
+        else f"simulated API serving the photos of {photos}"
+        if photos is not None
+        else "simulated API, generated photos"
     )
+    _say(f"starting {', '.join(names)} ({api}; logs in {stack.logdir})")
     try:
         stack.start(names)
         stack.wait_ready()
@@ -98,6 +124,16 @@ def run_demo(args: argparse.Namespace) -> int:
             local_services.down(settings)
     _say(f"demo finished in {time.monotonic() - t0:.0f}s")
     return code
+
+
+def _default_dates(args: argparse.Namespace, photos: bool) -> None:
+    """Dates not given: the seasons of the photo folder, or of the generated dataset."""
+    train, later = (PHOTO_TRAIN, PHOTO_EVAL) if photos else (GENERATED_TRAIN, GENERATED_EVAL)
+    for name, value in zip(
+        ("train_start", "train_end", "eval_start", "eval_end"), (*train, *later), strict=True
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def _messages(args: argparse.Namespace) -> dict[str, Any]:

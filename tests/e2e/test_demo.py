@@ -29,8 +29,14 @@ from tests.conftest import delete_namespace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SMALL = [
-    "--arch", "ResNet50V2", "--image-size", "32", "--epochs", "1",
+SMALL = ["--arch", "ResNet50V2", "--image-size", "32", "--epochs", "1"]
+# A month of each season of the shipped real photos (the simulator's folder mode).
+PHOTO_MONTHS = [
+    "--train-start", "2023-04-01", "--train-end", "2023-04-30",
+    "--eval-start", "2024-04-01", "--eval-end", "2024-04-30",
+]  # fmt: skip
+# A week of the generated field dataset, and a later one.
+GENERATED_WEEKS = [
     "--train-start", "2021-05-01", "--train-end", "2021-05-07",
     "--eval-start", "2021-05-11", "--eval-end", "2021-05-17",
 ]  # fmt: skip
@@ -38,10 +44,10 @@ DEMO_TIMEOUT_S = 900
 NUL = bytes(1)
 
 
-def run_demo(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_demo(env: dict[str, str], cwd: Path, dates: list[str]) -> subprocess.CompletedProcess[str]:
     # From another directory than the checkout, so no developer's .env is read.
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli.demo", *SMALL],
+        [sys.executable, "-m", "shared.cli.demo", *SMALL, *dates],
         cwd=cwd,
         env={**env, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -100,10 +106,13 @@ def test_demo_from_nothing_starts_everything_and_stops_it_again(tmp_path: Path) 
         BROKER_NAMESPACE="demo",
     )
     try:
-        done = run_demo(env, tmp_path)
+        done = run_demo(env, tmp_path, PHOTO_MONTHS)
         assert_result_table(done)
         assert "[demo] starting local RabbitMQ and PostgreSQL" in done.stderr
-        assert "simulator, fetcher, trainer, evaluator (simulated API" in done.stderr
+        assert (
+            "simulator, fetcher, trainer, evaluator (simulated API serving the photos of "
+            f"{ROOT / 'data' / 'field-tiles'}" in done.stderr
+        )
         assert "[demo] stopping local RabbitMQ and PostgreSQL" in done.stderr
         # Everything it started is stopped: servers and services alike.
         assert not port_open(amqp_port) and not port_open(pg_port)
@@ -136,7 +145,7 @@ async def test_demo_with_credentials_uses_the_configured_api_and_keeps_running_s
     (tmp_path / ".env").write_text(dotenv)
     logins_before = simulator_server.stats["login"]
     try:
-        done = await asyncio.to_thread(run_demo, env, tmp_path)
+        done = await asyncio.to_thread(run_demo, env, tmp_path, GENERATED_WEEKS)
     finally:
         await delete_namespace(servers.amqp_url, namespace)
     assert_result_table(done)

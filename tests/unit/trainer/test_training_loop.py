@@ -193,6 +193,42 @@ def test_frozen_base_first_then_fine_tuned() -> None:
         threading.Event(),
     )
     assert hooks.base_trainable == [False, False, True]
+    # The whole network fine-tunes at fine_tune_lr_factor (0.1) of the schedule's rate: the
+    # frozen epochs warm up and decay from the peak, the last one is ten times lower still.
+    rates = [r.learning_rate or 0 for r in hooks.results]
+    peak = TrainingParams.model_fields["learning_rate"].default
+    assert 0 < rates[2] < 0.1 * peak and rates[0] <= peak
+
+
+def test_the_kept_epoch_is_chosen_on_the_figure_the_stored_model_gives() -> None:
+    """Validation runs with BatchNorm statistics re-estimated as the stored model's are, not
+    with the moving averages that lag behind the weights during training."""
+    hooks = MemoryHooks()
+    outcome = training.train(job(epochs=3, early_stopping_patience=9), hooks, threading.Event())
+    kept = next(r for r in hooks.results if r.epoch == outcome.best_epoch)
+    assert outcome.recalibrated_layers == 1
+    assert outcome.final_metrics["final_val_loss"] == pytest.approx(kept.val_loss, rel=1e-4)
+    assert outcome.final_metrics["final_val_accuracy"] == pytest.approx(kept.val_accuracy)
+
+
+def test_the_learning_rate_follows_the_schedule_epoch_by_epoch() -> None:
+    hooks = MemoryHooks()
+    training.train(
+        job(epochs=4, warmup_epochs=1, learning_rate=0.01, early_stopping_patience=9),
+        hooks,
+        threading.Event(),
+    )
+    rates = [r.learning_rate for r in hooks.results]  # the rate of each epoch's last batch
+    steps = 3  # 12 training images in batches of 4
+    expected = [
+        training.learning_rate_at(
+            (e + 1) * steps - 1, total_steps=4 * steps, warmup_steps=steps, peak=0.01,
+            schedule="cosine",
+        )
+        for e in range(4)
+    ]  # fmt: skip
+    assert rates == pytest.approx(expected, rel=1e-5)
+    assert rates[0] == pytest.approx(0.01) and rates[-1] < 0.001
 
 
 def test_recalibration_sets_batchnorm_statistics_to_the_data_average() -> None:
