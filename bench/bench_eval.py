@@ -118,8 +118,10 @@ async def _measure(dsn: str, model_id: int, batch_size: int, repeats: int) -> di
     pool = await db.create_pool(dsn)
     try:
         model, spec, row = await load_model(pool, model_id)
-        refs, _ = await store.list_images(pool, int(row["dataset_id"]), "test", spec.class_names)
-        shas = [r.sha256 for r in refs]
+        listing = await store.list_images(
+            pool, int(row["dataset_id"]), "test", spec.class_names, model_id=model_id
+        )
+        shas = [r.sha256 for r in listing.images]
         predict, decode = handler.graph_scorer(model, spec.image_size)
 
         async def fetch(chunk: Sequence[str]) -> Sequence[bytes]:

@@ -10,6 +10,11 @@ training ones). Nothing is written before the one transaction of
 evaluation and no prediction rows, and the broker layer marks the request ``failed``.
 The same (model, dataset, split) a second time re-emits the stored result.
 
+Another date range never scores the images the model was trained on: every image of the
+model's own dataset is left out (``store.list_images``), counted in
+``evaluations.n_excluded`` and logged; when nothing is left the request fails with
+:class:`NoImagesToEvaluate`.
+
 A network of the same shape as an earlier one (architecture, size, classes) is kept with
 its traced inference graph (``shared.model_cache``): the next model's weights are read
 into it instead of building and tracing again (a few seconds for a ResNet50 on CPU). A
@@ -43,7 +48,7 @@ MakeScorer = Callable[[Any, int], tuple[Callable[[Any], Any], scoring.DecodeBatc
 
 
 class NoImagesToEvaluate(PermanentError):
-    """The dataset split holds no image of the model's classes."""
+    """The dataset split holds no image of the model's classes that it was not trained on."""
 
 
 @dataclass(frozen=True)
@@ -120,15 +125,39 @@ class Evaluator:
         class_names: Sequence[str] = tuple(spec.class_names)
         image_size = int(spec.image_size)
 
-        images, skipped = await store.list_images(
-            self.pool, target.dataset_id, target.split, class_names
+        listing = await store.list_images(
+            self.pool, target.dataset_id, target.split, class_names, model_id=target.model_id
         )
+        images, skipped, excluded = listing.images, listing.skipped, listing.excluded
+        if excluded:
+            logger.info(
+                "%d image(s) of dataset %d/%s are in model %d's own dataset %s (its training"
+                " range); left out",
+                excluded,
+                target.dataset_id,
+                target.split,
+                target.model_id,
+                listing.model_dataset_id,
+            )
         if skipped:
             logger.warning(
                 "%d image(s) of dataset %d/%s have a tag the model does not know; left out",
                 skipped,
                 target.dataset_id,
                 target.split,
+            )
+        if not images and excluded:
+            what = (
+                f"{excluded} image(s) of dataset {target.dataset_id} ({target.split}) are in"
+                f" its own dataset {listing.model_dataset_id}, the range it was trained on,"
+                f" and the {skipped} other(s) have a class it does not know"
+                if skipped
+                else f"all {excluded} image(s) of dataset {target.dataset_id} ({target.split})"
+                f" are in its own dataset {listing.model_dataset_id}, the range it was trained on"
+            )
+            raise NoImagesToEvaluate(
+                f"nothing left to evaluate model {target.model_id} on: {what};"
+                " evaluate it on a later date range"
             )
         if not images:
             raise NoImagesToEvaluate(
@@ -171,16 +200,18 @@ class Evaluator:
             images=images,
             probabilities=scores.probabilities,
             promotion_margin=self.settings.promotion_margin,
+            n_excluded=excluded,
         )
         self.warm.release(spec, warm)
         logger.info(
-            "evaluation %d: model %d on dataset %d/%s, %d images, accuracy %.3f, "
-            "macro F1 %.3f, balanced accuracy %.3f, %.0f images/s%s%s",
+            "evaluation %d: model %d on dataset %d/%s, %d images (%d of its training range"
+            " left out), accuracy %.3f, macro F1 %.3f, balanced accuracy %.3f, %.0f images/s%s%s",
             saved.id,
             target.model_id,
             target.dataset_id,
             target.split,
             report.n_images,
+            excluded,
             report.accuracy,
             report.macro_f1,
             report.balanced_accuracy,

@@ -2,6 +2,12 @@
 
 An evaluation is written in one transaction: the ``evaluations`` row, one ``predictions``
 row per image, the champion decision with its history, and the request's final status.
+
+Training images are never scored again: an evaluation of a dataset other than the
+model's own held-out ``test`` split leaves out every image (same sha256) of the model's
+own dataset, whatever its split there, so a later date range measures new photos only and
+stays disjoint from the test split it is compared with. How many were left out is stored
+in ``evaluations.n_excluded`` (0 for the model's own test split).
 ``evaluations`` is unique on (model, dataset, split): a redelivered message (or a second
 evaluator racing on the same message) finds the committed row and re-emits it instead of
 writing a second one.
@@ -65,6 +71,19 @@ class StoredEvaluation:
     n_images: int
     created: bool  # False: it was already there (redelivery) and nothing was written
     promotion: Promotion | None = None
+    # Images left out as images of the model's own dataset; None: evaluated before that
+    # rule existed (and some of them were scored).
+    n_excluded: int | None = 0
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What :func:`list_images` found in a dataset split for one model."""
+
+    images: list[ImageRef]  # to score, in a stable order
+    skipped: int  # left out: a tag the model does not know
+    excluded: int  # left out: in the model's own dataset (it was trained on that range)
+    model_dataset_id: int | None  # the model's own dataset (None when the split is empty)
 
 
 def class_set(class_names: Sequence[str]) -> str:
@@ -87,8 +106,8 @@ async def find_evaluation(
     con: asyncpg.Connection | db.Pool, model_id: int, dataset_id: int, split: str
 ) -> StoredEvaluation | None:
     row = await con.fetchrow(
-        "SELECT id, model_id, dataset_id, split, accuracy, macro_f1, n_images FROM evaluations"
-        " WHERE model_id = $1 AND dataset_id = $2 AND split = $3",
+        "SELECT id, model_id, dataset_id, split, accuracy, macro_f1, n_images, n_excluded"
+        " FROM evaluations WHERE model_id = $1 AND dataset_id = $2 AND split = $3",
         model_id,
         dataset_id,
         split,
@@ -97,20 +116,42 @@ async def find_evaluation(
 
 
 async def list_images(
-    con: asyncpg.Connection | db.Pool, dataset_id: int, split: str, class_names: Sequence[str]
-) -> tuple[list[ImageRef], int]:
-    """Images of a dataset split ('all' = every split) whose tag is one of the model's
-    classes, in a stable order; and how many were left out for an unknown tag."""
+    con: asyncpg.Connection | db.Pool,
+    dataset_id: int,
+    split: str,
+    class_names: Sequence[str],
+    *,
+    model_id: int,
+) -> Listing:
+    """Images of a dataset split ('all' = every split) to score model ``model_id`` on.
+
+    Left out, and counted: images that are also in the model's own dataset (unless this
+    *is* the model's own ``test`` split: the held-out images, never trained on), then
+    images whose tag is not one of the model's classes.
+    """
     rows = await con.fetch(
-        "SELECT sha256, tag FROM dataset_images"
-        " WHERE dataset_id = $1 AND ($2 = 'all' OR split = $2)"
-        " ORDER BY sha256",
+        "SELECT di.sha256, di.tag, m.dataset_id AS model_dataset_id,"
+        " (own.sha256 IS NOT NULL AND NOT (di.dataset_id = m.dataset_id AND $2 = 'test'))"
+        " AS trained_range"
+        " FROM dataset_images di"
+        " JOIN models m ON m.id = $3"
+        " LEFT JOIN dataset_images own ON own.dataset_id = m.dataset_id"
+        " AND own.sha256 = di.sha256"
+        " WHERE di.dataset_id = $1 AND ($2 = 'all' OR di.split = $2)"
+        " ORDER BY di.sha256",
         dataset_id,
         split,
+        model_id,
     )
     known = set(class_names)
-    refs = [ImageRef(r["sha256"], r["tag"]) for r in rows if r["tag"] in known]
-    return refs, len(rows) - len(refs)
+    fresh = [r for r in rows if not r["trained_range"]]
+    refs = [ImageRef(r["sha256"], r["tag"]) for r in fresh if r["tag"] in known]
+    return Listing(
+        images=refs,
+        skipped=len(fresh) - len(refs),
+        excluded=len(rows) - len(fresh),
+        model_dataset_id=rows[0]["model_dataset_id"] if rows else None,
+    )
 
 
 async def image_bytes(con: asyncpg.Connection | db.Pool, shas: Sequence[str]) -> list[bytes]:
@@ -160,6 +201,7 @@ async def save_evaluation(
     images: Sequence[ImageRef],
     probabilities: npt.NDArray[np.floating],
     promotion_margin: float,
+    n_excluded: int = 0,
 ) -> StoredEvaluation:
     """Evaluation + predictions + champion decision + request done, all or nothing."""
     if len(images) != len(probabilities):
@@ -168,9 +210,9 @@ async def save_evaluation(
         evaluation_id = await con.fetchval(
             "INSERT INTO evaluations (model_id, dataset_id, split, request_id, accuracy, loss,"
             " macro_f1, balanced_accuracy, per_class, confusion_matrix, class_names, n_images,"
-            " images_per_second)"
+            " images_per_second, n_excluded)"
             " VALUES ($1, $2, $3, (SELECT id FROM training_requests WHERE id = $4),"
-            " $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            " $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
             " ON CONFLICT (model_id, dataset_id, split) DO NOTHING RETURNING id",
             model_id,
             dataset_id,
@@ -185,6 +227,7 @@ async def save_evaluation(
             list(metrics.class_names),
             metrics.n_images,
             images_per_second,
+            n_excluded,
         )
         if evaluation_id is None:
             # Another delivery of the same work committed first: keep its row, write nothing.
@@ -208,6 +251,7 @@ async def save_evaluation(
         n_images=metrics.n_images,
         created=True,
         promotion=promotion,
+        n_excluded=n_excluded,
     )
 
 
@@ -346,4 +390,5 @@ def _stored(row: asyncpg.Record, *, created: bool) -> StoredEvaluation:
         macro_f1=row["macro_f1"],
         n_images=row["n_images"],
         created=created,
+        n_excluded=row["n_excluded"],
     )

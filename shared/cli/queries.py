@@ -59,7 +59,7 @@ async def evaluation_for_request(con: Con, req: Row) -> Row | None:
     columns = (
         "id AS evaluation_id, model_id, dataset_id, split, accuracy, macro_f1,"
         " balanced_accuracy, loss, n_images, per_class, confusion_matrix, class_names,"
-        " images_per_second, created_at"
+        " images_per_second, n_excluded, created_at"
     )
     if req.get("evaluation_id") is not None:
         row = await con.fetchrow(
@@ -79,9 +79,9 @@ async def evaluations_of_model(con: Con, model_id: int) -> list[Row]:
     rows = await con.fetch(
         "SELECT e.id AS evaluation_id, e.dataset_id, e.split, e.accuracy, e.macro_f1,"
         " e.balanced_accuracy, e.n_images, e.per_class, e.confusion_matrix, e.class_names,"
-        " e.created_at, d.start_date, d.end_date"
+        " e.n_excluded, e.created_at, d.start_date, d.end_date"
         " FROM evaluations e JOIN datasets d ON d.id = e.dataset_id"
-        " WHERE e.model_id = $1 ORDER BY e.created_at",
+        " WHERE e.model_id = $1 ORDER BY e.created_at, e.id",
         model_id,
     )
     return [dict(r) for r in rows]

@@ -14,6 +14,8 @@ from typing import Any, TextIO
 Row = dict[str, Any]
 FINAL = ("succeeded", "failed")
 _FRACTION = re.compile(r"(\d+)\s*/\s*(\d+)")
+# Macro F1 points between the held-out test split and a later date range worth a sentence.
+LATER_GAP = 0.05
 
 
 def plain(value: Any) -> Any:
@@ -48,6 +50,7 @@ def evaluation_json(ev: Row | None) -> Row | None:
             "macro_f1": ev["macro_f1"],
             "balanced_accuracy": ev.get("balanced_accuracy"),
             "n_images": ev["n_images"],
+            "n_excluded": ev.get("n_excluded"),
             "class_names": ev["class_names"],
             "per_class": ev["per_class"],
             "confusion_matrix": ev["confusion_matrix"],
@@ -135,8 +138,46 @@ def requests_table(rows: Iterable[Row]) -> str:
     )
 
 
+def held_out_f1(row: Row) -> Any:
+    """A ``model_registry`` row's held-out test split macro F1 (None: not evaluated there)."""
+    if row.get("eval_split") == "test" and row.get("eval_dataset_id") == row.get("dataset_id"):
+        return row.get("macro_f1")
+    return None
+
+
+def later_differs(test_f1: Any, later_f1: Any) -> bool:
+    """Are the two macro F1 figures more than ``LATER_GAP`` apart (False if one is missing)?"""
+    if test_f1 is None or later_f1 is None:
+        return False
+    return abs(float(later_f1) - float(test_f1)) > LATER_GAP + 1e-9
+
+
+def later_range_sentence(test_f1: Any, later_f1: Any, later_range: str | None = None) -> str | None:
+    """How the macro F1 of a later date range (training images left out) compares with the
+    held-out test split's; None unless both exist."""
+    if test_f1 is None or later_f1 is None:
+        return None
+    test, later = float(test_f1), float(later_f1)
+    gap = later - test
+    what = f"later range {later_range}" if later_range else "later range"
+    if gap < -LATER_GAP - 1e-9:
+        return (
+            f"{what} macro F1 {later:.3f} is {-gap:.3f} below the test split's {test:.3f}:"
+            " photos of the training range flatter the test split"
+        )
+    if gap > LATER_GAP + 1e-9:
+        return (
+            f"{what} macro F1 {later:.3f} is {gap:.3f} above the test split's {test:.3f}:"
+            " the test split is small or harder than these days; neither figure is precise"
+        )
+    return f"{what} macro F1 {later:.3f} is within {LATER_GAP:.2f} of the test split's {test:.3f}"
+
+
 def registry_table(rows: Iterable[Row]) -> str:
-    return table(
+    """The models table; under it, a sentence for each model whose later-range figure is
+    more than ``LATER_GAP`` from its test split's."""
+    rows = list(rows)
+    text = table(
         [
             (
                 r["model_id"],
@@ -147,6 +188,7 @@ def registry_table(rows: Iterable[Row]) -> str:
                 r["epochs"],
                 r["status"],
                 r["macro_f1"],
+                r.get("later_macro_f1"),
                 r["accuracy"],
                 f"{r['eval_split'] or '-'}@{r['eval_dataset_id'] or '-'}",
                 r["n_evaluations"],
@@ -163,19 +205,36 @@ def registry_table(rows: Iterable[Row]) -> str:
             "epochs",
             "status",
             "macro_f1",
+            "later_f1",
             "accuracy",
             "eval",
             "evals",
             "champion",
         ),
     )
+    notes = []
+    for r in rows:
+        test, later = held_out_f1(r), r.get("later_macro_f1")
+        if later_differs(test, later):
+            dates = f"{r.get('later_start_date')}..{r.get('later_end_date')}"
+            notes.append(f"model {r['model_id']}: {later_range_sentence(test, later, dates)}")
+    if any(r.get("later_macro_f1") is not None for r in rows):
+        notes.insert(
+            0,
+            "later_f1: macro F1 on the model's most recent later date range"
+            " (its training images left out)",
+        )
+    return "\n".join([text, *([""] if notes else []), *notes])
 
 
 def evaluation_text(ev: Row) -> str:
     names = list(ev["class_names"])
+    left_out = ev.get("n_excluded")
     lines = [
         f"evaluation {ev['evaluation_id']}: model {ev['model_id']} on dataset {ev['dataset_id']}"
-        f" ({ev['split']} split, {ev['n_images']} images)",
+        f" ({ev['split']} split, {ev['n_images']} images"
+        + (f"; {left_out} images of the training range left out" if left_out else "")
+        + ")",
         f"accuracy {fmt(ev['accuracy'])}   macro F1 {fmt(ev['macro_f1'])}"
         f"   balanced accuracy {fmt(ev.get('balanced_accuracy'))}",
         "",

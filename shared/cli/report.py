@@ -2,18 +2,24 @@
 
 Everything comes from Postgres (``training_epochs``, ``evaluations``, ``models``); the
 figures are drawn with matplotlib's Agg backend (no display needed, no TensorFlow).
+
+The summary sets the held-out test split's macro F1 beside that of the most recent later
+date range (every image of another dataset, the model's training images left out: the
+figure ``chouette models`` shows as ``later_f1``) and says so when they differ by more
+than ``render.LATER_GAP``; the same sentence goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from shared.cli import queries
 from shared.cli.app import OK
 from shared.cli.parser import UsageError
-from shared.cli.render import fmt
+from shared.cli.render import fmt, later_differs, later_range_sentence
 from shared.settings import Settings
 
 Row = dict[str, Any]
@@ -36,7 +42,75 @@ async def run_report(args: argparse.Namespace, settings: Settings) -> int:
     paths = write_report(model, epochs, evaluations, out)
     for path in paths:
         print(path)
+    test, later = held_out_evaluation(model, evaluations), later_evaluation(model, evaluations)
+    if (
+        test is not None
+        and later is not None
+        and later_differs(test["macro_f1"], later["macro_f1"])
+    ):
+        sentence = later_range_sentence(test["macro_f1"], later["macro_f1"], _range(later))
+        print(f"chouette: note: model {model_id}: {sentence}", file=sys.stderr)
     return OK
+
+
+def held_out_evaluation(model: Row, evaluations: list[Row]) -> Row | None:
+    """The evaluation on the model's own held-out test split, if any."""
+    for ev in evaluations:
+        if ev["dataset_id"] == model["dataset_id"] and ev["split"] == "test":
+            return ev
+    return None
+
+
+def later_evaluation(model: Row, evaluations: list[Row]) -> Row | None:
+    """The most recent evaluation of every image of another dataset, training images left
+    out (the one ``model_registry`` shows); ``evaluations`` oldest first. Evaluations made
+    before training images were left out (``n_excluded`` NULL) do not count."""
+    later = [
+        ev
+        for ev in evaluations
+        if ev["dataset_id"] != model["dataset_id"]
+        and ev["split"] == "all"
+        and ev.get("n_excluded") is not None
+        and ev["macro_f1"] is not None
+    ]
+    return later[-1] if later else None
+
+
+def _range(ev: Row) -> str:
+    return f"{ev['start_date']}..{ev['end_date']}"
+
+
+def held_out_vs_later(model: Row, evaluations: list[Row]) -> list[str]:
+    """The summary's lines comparing the test split with the latest later date range."""
+    test, later = held_out_evaluation(model, evaluations), later_evaluation(model, evaluations)
+    lines = []
+    if test is not None:
+        lines.append(
+            f"- held-out test split (dataset {test['dataset_id']}, evaluation"
+            f" {test['evaluation_id']}): macro F1 {fmt(test['macro_f1'])},"
+            f" {test['n_images']} images"
+        )
+    else:
+        lines.append("- held-out test split: not evaluated")
+    if later is not None:
+        lines.append(
+            f"- later range {_range(later)} (dataset {later['dataset_id']}, evaluation"
+            f" {later['evaluation_id']}): macro F1 {fmt(later['macro_f1'])},"
+            f" {later['n_images']} images, {later['n_excluded']} images of the training"
+            " range left out"
+        )
+        if test is not None:
+            sentence = later_range_sentence(test["macro_f1"], later["macro_f1"], _range(later))
+            assert sentence is not None
+            sentence = sentence[0].upper() + sentence[1:] + "."
+            differs = later_differs(test["macro_f1"], later["macro_f1"])
+            lines += ["", f"**{sentence}**" if differs else sentence]
+    else:
+        lines.append(
+            f"- later range: none yet (`chouette evaluate --model {model['model_id']}"
+            " --start-date … --end-date …` with dates after the training range)"
+        )
+    return lines
 
 
 def write_report(model: Row, epochs: list[Row], evaluations: list[Row], out: Path) -> list[Path]:
@@ -162,6 +236,8 @@ def summary_markdown(
             lines += ["", f"![training curves]({curves.name})"]
     else:
         lines.append("No epochs recorded.")
+    lines += ["", "## Held-out test split and a later date range", ""]
+    lines += held_out_vs_later(model, evaluations)
     lines += ["", "## Evaluations", ""]
     if not evaluations:
         lines.append("Not evaluated yet (`chouette evaluate --model ID`).")
@@ -172,7 +248,7 @@ def summary_markdown(
             f"### Evaluation {ev['evaluation_id']}: dataset {ev['dataset_id']}"
             f" ({ev['start_date']}..{ev['end_date']}), {ev['split']} split",
             "",
-            f"{ev['n_images']} images: accuracy {fmt(ev['accuracy'])},"
+            f"{ev['n_images']} images{_left_out(model, ev)}: accuracy {fmt(ev['accuracy'])},"
             f" macro F1 {fmt(ev['macro_f1'])}, balanced accuracy {fmt(ev['balanced_accuracy'])}",
             "",
             "| class | precision | recall | f1 | support |",
@@ -189,6 +265,16 @@ def summary_markdown(
             lines += ["", f"![confusion matrix]({path.name})"]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _left_out(model: Row, ev: Row) -> str:
+    """What was left out of an evaluation as images of the model's training range."""
+    if ev["dataset_id"] == model["dataset_id"] and ev["split"] == "test":
+        return ""
+    n = ev.get("n_excluded")
+    if n is None:
+        return " (evaluated before training images were left out: some are among them)"
+    return f" ({n} images of the training range left out)" if n else ""
 
 
 def _counts(counts: dict[str, int] | int | None, classes: list[str]) -> str:

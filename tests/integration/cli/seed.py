@@ -77,6 +77,7 @@ async def evaluation(
     macro_f1: float,
     request_id: uuid.UUID | None = None,
     split: str = "test",
+    n_excluded: int | None = 0,
 ) -> int:
     per_class = {
         name: {"precision": macro_f1, "recall": macro_f1, "f1": macro_f1, "support": 2}
@@ -85,8 +86,8 @@ async def evaluation(
     return int(
         await pool.fetchval(
             "INSERT INTO evaluations (model_id, dataset_id, split, request_id, accuracy, macro_f1,"
-            " balanced_accuracy, per_class, confusion_matrix, class_names, n_images)"
-            " VALUES ($1, $2, $3, $4, $5, $5, $5, $6, $7, $8, 6) RETURNING id",
+            " balanced_accuracy, per_class, confusion_matrix, class_names, n_images, n_excluded)"
+            " VALUES ($1, $2, $3, $4, $5, $5, $5, $6, $7, $8, 6, $9) RETURNING id",
             model_id,
             dataset_id,
             split,
@@ -95,6 +96,7 @@ async def evaluation(
             per_class,
             [[2, 0, 0], [0, 1, 1], [1, 0, 1]],
             CLASSES,
+            n_excluded,
         )
     )
 

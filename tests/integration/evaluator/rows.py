@@ -41,18 +41,27 @@ async def request(pool: db.Pool, kind: str = "training") -> uuid.UUID:
 
 
 async def dataset(
-    pool: db.Pool, splits: Mapping[str, Mapping[str, int]], *, salt: str = ""
+    pool: db.Pool,
+    splits: Mapping[str, Mapping[str, int]],
+    *,
+    salt: str = "",
+    shared: Mapping[str, Sequence[tuple[str, str, bytes]]] | None = None,
 ) -> tuple[int, dict[str, list[tuple[str, str, bytes]]]]:
-    """A dataset with ``splits[split][tag]`` images each; returns its id and the images
-    per split as (sha256, tag, bytes)."""
+    """A dataset with ``splits[split][tag]`` images each, plus the images of ``shared``
+    (images of another dataset, as returned here, placed in the split named by the key: an
+    overlapping date range); returns its id and the images per split as (sha256, tag, bytes)."""
     counts: dict[str, int] = {}
     stored: dict[str, list[tuple[str, str, bytes]]] = {}
     for split, per_tag in splits.items():
         for tag, n in per_tag.items():
-            counts[tag] = counts.get(tag, 0) + n
             for i in range(n):
                 blob = jpeg(tag, f"{salt}/{split}/{tag}/{i}")
                 stored.setdefault(split, []).append((hashlib.sha256(blob).hexdigest(), tag, blob))
+    for split, items in (shared or {}).items():
+        stored.setdefault(split, []).extend(items)
+    for items in stored.values():
+        for _, tag, _ in items:
+            counts[tag] = counts.get(tag, 0) + 1
     async with pool.acquire() as con, con.transaction():
         dataset_id = await con.fetchval(
             "INSERT INTO datasets (start_date, end_date, tags, digest, test_fraction,"

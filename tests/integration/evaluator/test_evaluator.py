@@ -52,6 +52,7 @@ async def test_evaluates_a_model_the_weight_store_stored(pool: db.Pool) -> None:
     assert ev["split"] == "test"
     assert ev["request_id"] == request_id
     assert ev["n_images"] == 9
+    assert ev["n_excluded"] == 0  # the model's own test split: nothing to leave out
     assert ev["class_names"] == list(rows.CLASSES)
     assert (out.accuracy, out.macro_f1) == (ev["accuracy"], ev["macro_f1"])
     assert ev["loss"] > 0

@@ -78,3 +78,97 @@ def test_durations_read_like_a_clock() -> None:
     assert render.duration(7620) == "2h07m"
     table = render.requests_table([_request(architecture="ResNet50", seconds=65.0)])
     assert "1m05s" in table and "65.000" not in table
+
+
+def _registry_row(model_id: int, test_f1: float | None, later_f1: float | None) -> dict:
+    return {
+        "model_id": model_id,
+        "architecture": "ResNet50",
+        "start_date": dt.date(2021, 4, 1),
+        "end_date": dt.date(2021, 5, 31),
+        "n_images": 147,
+        "image_size": 64,
+        "epochs": 3,
+        "status": "trained",
+        "dataset_id": 1,
+        "eval_dataset_id": 1 if test_f1 is not None else None,
+        "eval_split": "test" if test_f1 is not None else None,
+        "macro_f1": None if test_f1 is None else decimal.Decimal(str(test_f1)),
+        "accuracy": None,
+        "n_evaluations": 2,
+        "champion": False,
+        "later_macro_f1": None if later_f1 is None else decimal.Decimal(str(later_f1)),
+        "later_start_date": dt.date(2021, 6, 1),
+        "later_end_date": dt.date(2021, 7, 31),
+    }
+
+
+def test_later_range_sentence_says_which_way_and_by_how_much() -> None:
+    assert render.later_range_sentence(0.84, 0.72, "2021-06-01..2021-07-31") == (
+        "later range 2021-06-01..2021-07-31 macro F1 0.720 is 0.120 below the test split's"
+        " 0.840: photos of the training range flatter the test split"
+    )
+    above = render.later_range_sentence(0.70, 0.80)
+    assert above is not None
+    assert above.startswith("later range macro F1 0.800 is 0.100 above the test split's 0.700")
+    assert render.later_range_sentence(0.84, 0.80) == (
+        "later range macro F1 0.800 is within 0.05 of the test split's 0.840"
+    )
+    assert render.later_range_sentence(None, 0.8) is None
+    assert render.later_range_sentence(0.8, None) is None
+
+
+def test_a_gap_of_exactly_the_threshold_is_not_a_difference() -> None:
+    assert not render.later_differs(0.80, 0.75)  # 0.05 despite float rounding
+    assert render.later_differs(decimal.Decimal("0.8"), decimal.Decimal("0.749"))
+    assert not render.later_differs(None, 0.1)
+
+
+def test_registry_table_shows_the_later_figure_and_notes_big_gaps() -> None:
+    text = render.registry_table(
+        [
+            _registry_row(1, 0.84, 0.72),
+            _registry_row(2, 0.80, 0.78),
+            _registry_row(3, None, 0.50),  # no test split figure: nothing to compare
+            _registry_row(4, 0.60, None),
+        ]
+    )
+    lines = text.splitlines()
+    header = lines[0].split()
+    assert header[header.index("macro_f1") + 1] == "later_f1"
+    assert lines[2].split()[header.index("later_f1")] == "0.720"
+    assert lines[5].split()[header.index("later_f1")] == "-"
+    notes = lines[lines.index("") + 1 :]
+    assert notes == [
+        "later_f1: macro F1 on the model's most recent later date range (its training images"
+        " left out)",
+        "model 1: later range 2021-06-01..2021-07-31 macro F1 0.720 is 0.120 below the test"
+        " split's 0.840: photos of the training range flatter the test split",
+    ]
+
+
+def test_registry_table_without_later_figures_is_the_table_alone() -> None:
+    text = render.registry_table([_registry_row(4, 0.60, None)])
+    assert len(text.splitlines()) == 3
+
+
+def test_evaluation_says_how_many_training_images_were_left_out() -> None:
+    ev = {
+        "evaluation_id": 7,
+        "model_id": 1,
+        "dataset_id": 4,
+        "split": "all",
+        "accuracy": 0.7,
+        "macro_f1": 0.68,
+        "balanced_accuracy": 0.69,
+        "n_images": 120,
+        "n_excluded": 35,
+        "class_names": ["vine", "ground", "grass"],
+        "per_class": {},
+        "confusion_matrix": [],
+    }
+    first = render.evaluation_text(ev).splitlines()[0]
+    assert first.endswith("(all split, 120 images; 35 images of the training range left out)")
+    assert render.evaluation_json(ev)["n_excluded"] == 35  # type: ignore[index]
+    ev["n_excluded"] = 0
+    assert render.evaluation_text(ev).splitlines()[0].endswith("(all split, 120 images)")
