@@ -109,11 +109,11 @@ class TrainingParams(_Frozen):
     augment_color: bool = True  # brightness, contrast, saturation, hue
     crop_min_area: float = Field(0.6, gt=0, le=1)  # random resized crop; 1 switches it off
     dropout: float = Field(0.3, ge=0, lt=1)
-    # Decoupled weight decay (AdamW-style: each step subtracts learning rate × decay × weight).
+    # Decoupled weight decay (AdamW-style: each step subtracts learning rate * decay * weight).
     weight_decay: float = Field(0.02, ge=0, lt=1)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    # Learning rate: linear warm-up over ``warmup_epochs``, then cosine decay to zero, or
-    # constant.
+    # Learning rate: linear warm-up over ``warmup_epochs`` (at most a fifth of the epochs),
+    # then cosine decay to zero, or constant.
     lr_schedule: LrSchedule = "cosine"
     warmup_epochs: int = Field(2, ge=0, le=1000)
     seed: int = Field(42, ge=0)

@@ -274,6 +274,12 @@ def learning_rate_at(
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def warmup_steps(params: TrainingParams, steps_per_epoch: int) -> int:
+    """``warmup_epochs`` in steps, at most a fifth of the training (a short training warms up
+    briefly instead of spending most of its steps below the peak rate)."""
+    return min(params.warmup_epochs * steps_per_epoch, params.epochs * steps_per_epoch // 5)
+
+
 def smoothed_loss(label_smoothing: float, n_classes: int) -> Any:
     """Sparse categorical cross-entropy against labels smoothed by ``label_smoothing``."""
     import keras
@@ -378,7 +384,7 @@ class _Loop:
         rate = learning_rate_at(
             self.epoch_index * self.steps_per_epoch + batch,
             total_steps=params.epochs * self.steps_per_epoch,
-            warmup_steps=params.warmup_epochs * self.steps_per_epoch,
+            warmup_steps=warmup_steps(params, self.steps_per_epoch),
             peak=params.learning_rate,
             schedule=params.lr_schedule,
         )

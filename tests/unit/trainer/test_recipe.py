@@ -15,6 +15,7 @@ from services.trainer.training import (
     learning_rate_at,
     make_optimizer,
     smoothed_loss,
+    warmup_steps,
 )
 from shared.messages import TrainingParams
 
@@ -31,6 +32,14 @@ def test_warm_up_is_linear_then_cosine_decays_to_zero() -> None:
     assert rate(60, "constant") == 1.0 and rate(0, "constant") == pytest.approx(0.1)
     no_warmup = learning_rate_at(0, total_steps=10, warmup_steps=0, peak=2.0, schedule="cosine")
     assert no_warmup == 2.0
+
+
+def test_warm_up_takes_at_most_a_fifth_of_the_training() -> None:
+    params = TrainingParams(architecture="ResNet50", epochs=40, warmup_epochs=2)
+    assert warmup_steps(params, 10) == 20
+    assert warmup_steps(params.model_copy(update={"epochs": 5}), 10) == 10
+    assert warmup_steps(params.model_copy(update={"epochs": 1}), 3) == 0
+    assert warmup_steps(params.model_copy(update={"warmup_epochs": 0}), 10) == 0
 
 
 def test_label_smoothing_mixes_the_cross_entropy_with_the_uniform_target() -> None:

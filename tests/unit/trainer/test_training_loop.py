@@ -214,7 +214,7 @@ def test_the_kept_epoch_is_chosen_on_the_figure_the_stored_model_gives() -> None
 def test_the_learning_rate_follows_the_schedule_epoch_by_epoch() -> None:
     hooks = MemoryHooks()
     training.train(
-        job(epochs=4, warmup_epochs=1, learning_rate=0.01, early_stopping_patience=9),
+        job(epochs=5, warmup_epochs=1, learning_rate=0.01, early_stopping_patience=9),
         hooks,
         threading.Event(),
     )
@@ -222,10 +222,10 @@ def test_the_learning_rate_follows_the_schedule_epoch_by_epoch() -> None:
     steps = 3  # 12 training images in batches of 4
     expected = [
         training.learning_rate_at(
-            (e + 1) * steps - 1, total_steps=4 * steps, warmup_steps=steps, peak=0.01,
+            (e + 1) * steps - 1, total_steps=5 * steps, warmup_steps=steps, peak=0.01,
             schedule="cosine",
         )
-        for e in range(4)
+        for e in range(5)
     ]  # fmt: skip
     assert rates == pytest.approx(expected, rel=1e-5)
     assert rates[0] == pytest.approx(0.01) and rates[-1] < 0.001
