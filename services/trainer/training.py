@@ -76,6 +76,16 @@ logger = logging.getLogger(__name__)
 
 # Training images whose batch statistics set BatchNorm's before each epoch's validation.
 STATS_IMAGES = 256
+# What early stopping and the kept epoch follow: the validation accuracy (in inference mode,
+# see Validator), or the training loss without a validation split. An epoch as good as the
+# best one counts as the new best: the learning rate decays to zero, and of two epochs that
+# validate alike the later one has seen more of it (a validation split of a few dozen images
+# ties often; the validation loss, by contrast, prefers the less confident early epochs).
+MAXIMISED = frozenset({"val_accuracy"})
+
+
+def monitor_of(n_val: int) -> str:
+    return "val_accuracy" if n_val else "loss"
 
 
 class TrainingAbandoned(Exception):
@@ -100,8 +110,11 @@ class EpochResult:
     images: int
 
     def monitored(self, monitor: str) -> float:
+        """``monitor``'s value as a number to minimise (an accuracy is negated)."""
         value = getattr(self, monitor)
-        return math.inf if value is None or not math.isfinite(value) else float(value)
+        if value is None or not math.isfinite(value):
+            return math.inf
+        return -float(value) if monitor in MAXIMISED else float(value)
 
 
 class Hooks(Protocol):
@@ -349,11 +362,10 @@ class _Loop:
         self.stop = stop
         self.deadline = time.monotonic() + job.max_seconds
         self.history = list(job.history)
-        self.monitor = "val_loss" if len(job.val) else "loss"
+        self.monitor = monitor_of(len(job.val))
         self.best_epoch, self.best_value = 0, math.inf
         for row in self.history:
-            if row.monitored(self.monitor) < self.best_value:
-                self.best_epoch, self.best_value = row.epoch, row.monitored(self.monitor)
+            self.consider(row)
         self.epoch_started = time.monotonic()
         self.epoch_index = 0
         self.timed_out = False
@@ -361,6 +373,12 @@ class _Loop:
         self.validator: Validator | None = None
         self.steps_per_epoch = 1
         self.lr_factor = 1.0  # fine_tune_lr_factor once a frozen base is unfrozen
+
+    def consider(self, result: EpochResult) -> None:
+        """``result`` becomes the best epoch when it is at least as good (ties: the later)."""
+        value = result.monitored(self.monitor)
+        if value <= self.best_value and (value < math.inf or not self.best_epoch):
+            self.best_epoch, self.best_value = result.epoch, value
 
     @property
     def last_epoch(self) -> int:
@@ -406,8 +424,7 @@ class _Loop:
             seconds=time.monotonic() - self.epoch_started,
             images=len(self.job.train),
         )
-        if result.monitored(self.monitor) < self.best_value:
-            self.best_epoch, self.best_value = epoch, result.monitored(self.monitor)
+        self.consider(result)
         self.history.append(result)
         self.hooks.epoch_end(result, self.model, self.model.optimizer.variables, self.best_epoch)
         logger.info(
@@ -658,7 +675,12 @@ def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
         stopped=stopped,
         bn_momentum=momentum,
         recalibrated_layers=recalibrated,
-        final_metrics={**final, "stopped": stopped, "epochs_run": loop.last_epoch},
+        final_metrics={
+            **final,
+            "stopped": stopped,
+            "epochs_run": loop.last_epoch,
+            "monitor": loop.monitor,
+        },
         class_weights=weights,
         model_key=key,
         reused=reused,

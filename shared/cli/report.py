@@ -293,8 +293,11 @@ def _kept_epoch(model: Row) -> list[str]:
     best = model.get("best_epoch")
     if best is None:
         return []
-    monitor = "val_loss" if final.get("val_loss") is not None else "loss"  # no val split: loss
-    text = f"Weights kept: epoch {best} (lowest {monitor})"
+    # Recorded since the kept epoch follows the validation accuracy; before, the lowest loss.
+    monitor = final.get("monitor") or ("val_loss" if final.get("val_loss") is not None else "loss")
+    text = (
+        f"Weights kept: epoch {best} ({'highest' if 'accuracy' in monitor else 'lowest'} {monitor})"
+    )
     why = {"early_stopping": "early stopping", "time_limit": "the time limit (TRAINER_MAX_SECONDS)"}
     if final.get("stopped") in why:
         text += f"; stopped by {why[final['stopped']]} after epoch {final.get('epochs_run')}"

@@ -16,6 +16,9 @@ def test_kept_epoch_names_the_monitored_loss_and_why_training_stopped() -> None:
     without_val = {"best_epoch": 3, "final_metrics": {"stopped": "epochs", "val_loss": None}}
     assert _kept_epoch(without_val) == ["Weights kept: epoch 3 (lowest loss)."]
     assert _kept_epoch({"best_epoch": None, "final_metrics": None}) == []
+    # Models trained since the kept epoch follows the validation accuracy record it.
+    monitored = {"best_epoch": 7, "final_metrics": {"val_loss": 0.2, "monitor": "val_accuracy"}}
+    assert _kept_epoch(monitored) == ["Weights kept: epoch 7 (highest val_accuracy)."]
 
 
 def test_counts_follow_the_class_order() -> None:

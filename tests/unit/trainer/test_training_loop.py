@@ -128,17 +128,34 @@ def test_the_training_step_is_traced_once(monkeypatch: pytest.MonkeyPatch) -> No
     assert len(traces) == 1
 
 
-def test_early_stopping_restores_the_best_epoch() -> None:
+def scripted_validation(monkeypatch: pytest.MonkeyPatch, accuracies: list[float]) -> None:
+    """Each epoch's validation gives the next of ``accuracies`` (loss: 1 - accuracy)."""
+    figures = iter(accuracies)
+
+    def validate(self: training.Validator, model: keras.Model) -> dict[str, float]:
+        accuracy = next(figures)
+        return {"val_loss": 1 - accuracy, "val_accuracy": accuracy}
+
+    monkeypatch.setattr(training.Validator, "__call__", validate)
+
+
+def test_early_stopping_restores_the_best_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    scripted_validation(monkeypatch, [0.8, 0.5, 0.6, 0.9])
     hooks = MemoryHooks()
-    # Learning rate ~0: validation loss cannot improve after the first epoch.
-    outcome = training.train(
-        job(epochs=6, early_stopping_patience=2, learning_rate=1e-12, augment=False, dropout=0.0),
-        hooks,
-        threading.Event(),
-    )
+    outcome = training.train(job(epochs=6, early_stopping_patience=2), hooks, threading.Event())
     assert outcome.stopped == "early_stopping"
     assert [r.epoch for r in hooks.results] == [1, 2, 3]
     assert outcome.best_epoch == 1 and hooks.best_loaded == [1]
+    assert outcome.final_metrics["monitor"] == "val_accuracy"
+
+
+def test_an_epoch_as_good_as_the_best_is_kept_instead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The learning rate decays to zero: of two epochs that validate alike, the later."""
+    scripted_validation(monkeypatch, [0.5, 0.75, 0.5, 0.75, 0.5])
+    hooks = MemoryHooks()
+    outcome = training.train(job(epochs=5, early_stopping_patience=2), hooks, threading.Event())
+    assert outcome.stopped == "epochs" and len(hooks.results) == 5
+    assert outcome.best_epoch == 4 and hooks.best_loaded == [4]
 
 
 def test_resumes_after_the_checkpoint_without_repeating_epochs() -> None:
@@ -158,7 +175,7 @@ def test_resumes_after_the_checkpoint_without_repeating_epochs() -> None:
 def test_exhausted_patience_in_history_trains_no_more() -> None:
     first = MemoryHooks()
     training.train(job(epochs=1), first, threading.Event())
-    worse = EpochResult(2, 9.0, 0.1, 99.0, 0.1, 1e-3, 1.0, len(TRAIN))
+    worse = EpochResult(2, 9.0, 0.1, None, None, 1e-3, 1.0, len(TRAIN))  # no figure: worst
     resumed = job(epochs=5, early_stopping_patience=1)
     resumed.history = [first.results[0], worse]
     resumed.checkpoint_epoch = 2
