@@ -221,6 +221,32 @@ def build_model(spec: ModelSpec) -> keras.Model:
     return keras.Model(inputs, outputs, name=f"chouette_{spec.architecture.lower()}")
 
 
+# Test-time augmentation: the 8 flips/90° turns of each image (a top-down field photo has no
+# "up"), scored as one batch and averaged.
+TTA_VIEWS: Final = 8
+
+
+def inference_function(model: keras.Model, image_size: int, *, tta: bool = False) -> Any:
+    """``model`` in inference mode as one traced function of float32 batches
+    ``(n, size, size, 3)`` with a free batch dimension; with ``tta`` the probabilities are
+    the mean over the :data:`TTA_VIEWS` flips/turns of each image (8 times the work)."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
+
+    def plain(x: Any) -> Any:
+        return model(x, training=False)
+
+    def averaged(x: Any) -> Any:
+        n = tf.shape(x)[0]
+        mirrored = tf.reverse(x, axis=[2])
+        views = [tf.image.rot90(m, k) for m in (x, mirrored) for k in range(4)]
+        out = model(tf.concat(views, axis=0), training=False)
+        return tf.reduce_mean(tf.reshape(out, [TTA_VIEWS, n, -1]), axis=0)
+
+    return tf.function(averaged if tta else plain, input_signature=[spec])
+
+
 def base_of(model: keras.Model) -> keras.Model:
     """The keras.applications part of a model built by :func:`build_model`."""
     return model.get_layer(BASE_NAME)

@@ -7,12 +7,14 @@ environment: the shared ones (``AMQP_URL``, ``DATABASE_URL``, …) and ``EVALUAT
 
 from __future__ import annotations
 
+import functools
+
 from shared import startup
 
 # First: a SIGTERM while the imports below run (seconds) exits cleanly.
 startup.exit_on_sigterm()
 
-from services.evaluator.handler import Evaluator  # noqa: E402
+from services.evaluator.handler import Evaluator, graph_scorer  # noqa: E402
 from shared import db  # noqa: E402
 from shared.broker import EVALUATOR, Broker  # noqa: E402
 from shared.messages import DatasetReady, ModelReady  # noqa: E402
@@ -25,7 +27,12 @@ def main() -> None:
     evaluator_settings = EvaluatorSettings()
 
     def make_handler(pool: db.Pool, broker: Broker, settings: Settings) -> Evaluator:
-        return Evaluator(pool, evaluator_settings, load_model=load_model)
+        return Evaluator(
+            pool,
+            evaluator_settings,
+            load_model=load_model,
+            make_scorer=functools.partial(graph_scorer, tta=evaluator_settings.tta),
+        )
 
     run(
         serve(

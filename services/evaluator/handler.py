@@ -66,8 +66,11 @@ def target_of(message: ModelReady | DatasetReady) -> Target:
     return Target(message.model_id, message.dataset_id, message.split)
 
 
-def graph_scorer(model: Any, image_size: int) -> tuple[scoring.Predictor, scoring.BatchDecoder]:
-    predictor, decoder = scoring.Predictor(model, image_size), scoring.BatchDecoder(image_size)
+def graph_scorer(
+    model: Any, image_size: int, *, tta: bool = False
+) -> tuple[scoring.Predictor, scoring.BatchDecoder]:
+    predictor = scoring.Predictor(model, image_size, tta=tta)
+    decoder = scoring.BatchDecoder(image_size)
     predictor.warm_up()
     decoder.warm_up()
     return predictor, decoder

@@ -51,14 +51,15 @@ class Scores:
 
 
 class Predictor:
-    """A Keras model called in inference mode on float32 batches (n, size, size, 3)."""
+    """A Keras model called in inference mode on float32 batches (n, size, size, 3); with
+    ``tta``, averaged over the 8 flips/turns of each image (``shared.modeling``)."""
 
-    def __init__(self, model: Any, image_size: int) -> None:
-        import tensorflow as tf
+    def __init__(self, model: Any, image_size: int, *, tta: bool = False) -> None:
+        from shared.modeling import inference_function
 
         self.image_size = image_size
-        spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
-        self._call = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        self.tta = tta
+        self._call = inference_function(model, image_size, tta=tta)
 
     def warm_up(self) -> None:
         """Trace the graph once, before anything is timed."""

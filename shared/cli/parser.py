@@ -108,6 +108,12 @@ def build_parser() -> Parser:
     predict = sub.add_parser("predict", help="class probabilities for local images")
     predict.add_argument("--model", required=True, metavar="ID")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="average each image's 8 flips/turns, as the evaluator does (default: on)",
+    )
     predict.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     report = sub.add_parser(

@@ -68,7 +68,9 @@ async def run_predict(args: argparse.Namespace, settings: Settings) -> int:
                 model, spec, _row = await load_model(pool, model_id)
             except PermanentError as exc:
                 raise CommandFailed(str(exc)) from None
-            probabilities = predict_probabilities(model, spec, [data for _, data in images])
+            probabilities = predict_probabilities(
+                model, spec, [data for _, data in images], tta=args.tta
+            )
     names = list(spec.class_names)
     results: list[dict[str, Any]] = [
         {
@@ -110,11 +112,17 @@ def native_stderr_held() -> Iterator[None]:
             os.close(saved)
 
 
-def predict_probabilities(model: object, spec: object, blobs: list[bytes]) -> list[list[float]]:
+def predict_probabilities(
+    model: object, spec: object, blobs: list[bytes], *, tta: bool = True
+) -> list[list[float]]:
+    """Class probabilities as the evaluator scores them (with ``tta``: the mean over each
+    image's 8 flips/turns, the evaluator's default)."""
     import numpy as np
 
     from shared.images import decode_images
+    from shared.modeling import inference_function
 
-    batch = decode_images(blobs, spec.image_size)  # type: ignore[attr-defined]
-    out = model.predict(batch, verbose=0)  # type: ignore[attr-defined]
+    size = spec.image_size  # type: ignore[attr-defined]
+    batch = decode_images(blobs, size)
+    out = inference_function(model, size, tta=tta)(batch)  # type: ignore[arg-type]
     return [list(map(float, row)) for row in np.asarray(out)]
