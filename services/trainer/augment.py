@@ -8,8 +8,12 @@ Each batch, every image gets its own draw of:
     geometry   one of the 8 flips/90° rotations                          (``augment_geometry``)
     crop       a random box of ``crop_min_area``..100 % of the image,    (``crop_min_area`` < 1)
                aspect 3/4..4/3, resized back to the input size
-    colour     brightness x0.75..1.25, contrast x0.75..1.25,             (``augment_color``)
-               saturation x0.7..1.3, hue ±0.04 of a turn
+    light      brightness x0.75..1.25, contrast x0.75..1.25              (``augment_light``)
+    colour     saturation x0.7..1.3, hue ±0.04 of a turn                 (``augment_color``)
+
+Colour is off by default: on real crop / weed / soil photos, whose classes differ mostly
+by colour, it lowered the later-season macro F1 (``bench/bench_quality.py``; the README's
+ablation table).
 
 Images are float RGB 0..255 (``shared.images``) and stay in that range. The draws come
 from one ``tf.random.Generator`` seeded with the request's seed, and the trainer applies
@@ -38,12 +42,13 @@ class Augmentation:
     """Which augmentations run (all off: the batch passes unchanged)."""
 
     geometry: bool = True
-    color: bool = True
+    light: bool = True
+    color: bool = False
     crop_min_area: float = 0.6  # 1.0: no random crop
 
     @property
     def active(self) -> bool:
-        return self.geometry or self.color or self.crop_min_area < 1
+        return self.geometry or self.light or self.color or self.crop_min_area < 1
 
 
 class Augmenter:
@@ -64,6 +69,8 @@ class Augmenter:
             images = _dihedral(images, gen)
         if a.crop_min_area < 1:
             images = _resized_crop(images, gen, a.crop_min_area)
+        if a.light:
+            images = _light(images, gen)
         if a.color:
             images = _colour(images, gen)
         return images
@@ -101,14 +108,23 @@ def _resized_crop(images: tf.Tensor, gen: Any, min_area: float) -> tf.Tensor:
     return tf.image.crop_and_resize(images, boxes, tf.range(n), size, method="bilinear")
 
 
-def _colour(images: tf.Tensor, gen: Any) -> tf.Tensor:
-    """Brightness, contrast, saturation and hue, each drawn per image; clipped to 0..255."""
+def _light(images: tf.Tensor, gen: Any) -> tf.Tensor:
+    """Brightness and contrast, each drawn per image; clipped to 0..255."""
     import tensorflow as tf
 
     n = tf.shape(images)[0]
     x = images * _uniform(gen, n, 1 - BRIGHTNESS, 1 + BRIGHTNESS)
     mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
     x = mean + (x - mean) * _uniform(gen, n, 1 - CONTRAST, 1 + CONTRAST)
+    return tf.clip_by_value(x, 0.0, 255.0)
+
+
+def _colour(images: tf.Tensor, gen: Any) -> tf.Tensor:
+    """Saturation and hue, each drawn per image; clipped to 0..255."""
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    x = images
     grey = tf.reduce_sum(x * tf.constant(GREY), axis=-1, keepdims=True)
     x = grey + (x - grey) * _uniform(gen, n, 1 - SATURATION, 1 + SATURATION)
     hsv = tf.image.rgb_to_hsv(tf.clip_by_value(x, 0.0, 255.0) / 255.0)

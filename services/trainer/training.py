@@ -264,6 +264,7 @@ def augmentation_of(params: TrainingParams) -> Augmentation | None:
         return None
     return Augmentation(
         geometry=params.augment_geometry,
+        light=params.augment_light,
         color=params.augment_color,
         crop_min_area=params.crop_min_area,
     )

@@ -61,10 +61,16 @@ def build_parser() -> Parser:
         help="flips and 90° rotations",
     )
     net.add_argument(
+        "--augment-light",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="brightness, contrast",
+    )
+    net.add_argument(
         "--augment-color",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="brightness, contrast, saturation, hue",
+        help="saturation, hue (off by default)",
     )
     net.add_argument(
         "--crop-min-area", type=float, metavar="X", help="random resized crop; 1 switches it off"

@@ -37,6 +37,7 @@ _TRAINING_FLAGS = (
     "weights",
     "augment",
     "augment_geometry",
+    "augment_light",
     "augment_color",
     "crop_min_area",
     "dropout",

@@ -74,7 +74,8 @@ def _symmetries(image: np.ndarray) -> list[np.ndarray]:
 
 def test_geometry_alone_gives_one_of_the_eight_symmetries_of_each_image() -> None:
     images = _images(32)
-    out = Augmenter(Augmentation(geometry=True, color=False, crop_min_area=1.0), seed=3)(images)
+    only_geometry = Augmentation(geometry=True, light=False, color=False, crop_min_area=1.0)
+    out = Augmenter(only_geometry, seed=3)(images)
     out = out.numpy()
     seen = set()
     for original, augmented in zip(images, out, strict=True):
@@ -84,19 +85,28 @@ def test_geometry_alone_gives_one_of_the_eight_symmetries_of_each_image() -> Non
     assert len(seen) >= 6  # drawn per image, not once per batch
 
 
-def test_colour_and_crop_change_each_image_differently_and_stay_in_range() -> None:
+def test_light_colour_and_crop_change_each_image_differently_and_stay_in_range() -> None:
     images = _images(8)
-    out = Augmenter(Augmentation(), seed=1)(images).numpy()
+    everything = Augmentation(geometry=True, light=True, color=True, crop_min_area=0.6)
+    out = Augmenter(everything, seed=1)(images).numpy()
     assert out.shape == images.shape
     assert out.min() >= 0 and out.max() <= 255
     assert not np.allclose(out, images)
-    # Colour alone keeps a grey image grey (saturation and hue act on colour only) and
-    # changes its brightness per image.
+    # Light keeps a grey image grey and changes its brightness per image.
     grey = np.full((8, 8, 8, 3), 100.0, np.float32)
-    coloured = Augmenter(Augmentation(geometry=False, color=True, crop_min_area=1.0), seed=2)
-    result = coloured(grey).numpy()
+    lit = Augmenter(Augmentation(geometry=False, light=True, crop_min_area=1.0), seed=2)
+    result = lit(grey).numpy()
     assert np.allclose(result[..., 0], result[..., 1], atol=0.5)
     assert len({round(float(v), 1) for v in result[:, 0, 0, 0]}) == 8
+    # Colour alone leaves a grey image as it is (no saturation to change, no hue to turn)
+    # and turns the hue of a coloured one, each image its own way.
+    coloured = Augmenter(
+        Augmentation(geometry=False, light=False, color=True, crop_min_area=1.0), 3
+    )
+    np.testing.assert_allclose(coloured(grey).numpy(), grey, atol=0.5)
+    green = np.tile(np.array([60, 140, 50], np.float32), (8, 4, 4, 1))
+    turned = coloured(green).numpy()[:, 0, 0]
+    assert len({tuple(np.round(p)) for p in turned}) == 8
 
 
 def test_random_crop_zooms_in_by_at_most_the_minimum_area() -> None:
@@ -104,7 +114,7 @@ def test_random_crop_zooms_in_by_at_most_the_minimum_area() -> None:
     # of the width, so the ramp's range shrinks accordingly.
     ramp = np.tile(np.linspace(0, 255, 32, dtype=np.float32)[None, :, None], (32, 1, 3))
     images = np.stack([ramp] * 16)
-    crop = Augmenter(Augmentation(geometry=False, color=False, crop_min_area=0.5), seed=5)
+    crop = Augmenter(Augmentation(geometry=False, light=False, crop_min_area=0.5), seed=5)
     out = crop(images).numpy()
     spans = out[:, 16, :, 0].max(axis=1) - out[:, 16, :, 0].min(axis=1)
     assert all(spans >= 255 * math.sqrt(0.5 * 3 / 4) - 12)
@@ -121,8 +131,14 @@ def test_the_same_seed_draws_the_same_augmentations() -> None:
 
 def test_request_flags_choose_the_augmentations() -> None:
     params = TrainingParams(architecture="ResNet50")
-    assert augmentation_of(params) == Augmentation(geometry=True, color=True, crop_min_area=0.6)
-    off = params.model_copy(update={"augment_color": False, "crop_min_area": 1.0})
-    assert augmentation_of(off) == Augmentation(geometry=True, color=False, crop_min_area=1.0)
+    assert augmentation_of(params) == Augmentation(
+        geometry=True, light=True, color=False, crop_min_area=0.6
+    )
+    changed = params.model_copy(
+        update={"augment_light": False, "augment_color": True, "crop_min_area": 1.0}
+    )
+    assert augmentation_of(changed) == Augmentation(
+        geometry=True, light=False, color=True, crop_min_area=1.0
+    )
     assert augmentation_of(params.model_copy(update={"augment": False})) is None
-    assert not Augmentation(geometry=False, color=False, crop_min_area=1.0).active
+    assert not Augmentation(geometry=False, light=False, color=False, crop_min_area=1.0).active
