@@ -37,7 +37,7 @@ def redact_url(url: str | SecretStr) -> str:
 
 
 class Settings(BaseSettings):
-    """The environment contract of DESIGN §3 plus the shared knobs."""
+    """The environment contract (README "Configuration") plus the shared knobs."""
 
     model_config = _config()
 

@@ -1,6 +1,6 @@
 """The Chouette image API client (aiohttp): authentication, listing, streaming downloads.
 
-It survives the facts of DESIGN §4:
+It survives what is known of the real API:
 
 - authentication per ``CHOUETTE_AUTH``: ``auto`` logs in at ``/api/users/auth/`` and sends
   ``Authorization: Token …``, falling back to HTTP Basic when login is not available

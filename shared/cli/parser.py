@@ -1,4 +1,4 @@
-"""The argument grammar of DESIGN §3. Parsing only: the message models validate values.
+"""The argument grammar of ``chouette``. Parsing only: the message models validate values.
 
 Optional request flags default to ``None`` so that only what the user typed reaches the
 message models, and the defaults live in one place (``shared/messages.py``).

@@ -59,7 +59,7 @@ def evaluation_json(ev: Row | None) -> Row | None:
 
 
 def result_json(req: Row, ev: Row | None) -> Row:
-    """The ``--json`` object of DESIGN §3 for one request."""
+    """The ``--json`` object of one request (README "The chouette command line")."""
     return plain(
         {
             "request_id": req["request_id"],

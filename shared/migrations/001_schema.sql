@@ -1,4 +1,4 @@
--- The pipeline's schema (DESIGN §6). Every table a person may want to watch with psql.
+-- The pipeline's schema (README "Watching in PostgreSQL"). Every table a person may want to watch with psql.
 
 CREATE TABLE training_requests (
     id            uuid PRIMARY KEY,

@@ -200,7 +200,7 @@ async def test_abandoned_run_raises_retryable(pool: Any) -> None:
 async def test_inference_mode_accuracy_on_held_out_images_is_well_above_chance(
     pool: Any,
 ) -> None:
-    """DESIGN §7: BatchNorm statistics must not lag behind (training from scratch, few images)."""
+    """BatchNorm statistics must not lag behind (training from scratch, few images)."""
     per_class = {"vine": 30, "ground": 30, "grass": 30}
     dataset_id = await create_dataset(pool, per_class=per_class, fractions=(0.6, 0.15, 0.25))
     handler = TrainerHandler(pool, models=MODELS, settings=trainer_settings())

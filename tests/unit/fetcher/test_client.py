@@ -1,4 +1,4 @@
-"""The API client against the in-process simulator: every quirk of DESIGN §4 and each fault."""
+"""The API client against the in-process simulator: every quirk of the real API, each fault."""
 
 from __future__ import annotations
 
