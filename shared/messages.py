@@ -106,7 +106,7 @@ class TrainingParams(_Frozen):
     # Augmentations (services/trainer/augment.py): ``augment`` switches them all off.
     augment: bool = True
     augment_geometry: bool = True  # flips and 90° rotations
-    augment_light: bool = True  # brightness, contrast
+    augment_light: bool = False  # brightness, contrast
     augment_color: bool = False  # saturation, hue
     crop_min_area: float = Field(0.6, gt=0, le=1)  # random resized crop; 1 switches it off
     dropout: float = Field(0.3, ge=0, lt=1)

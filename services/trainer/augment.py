@@ -11,9 +11,9 @@ Each batch, every image gets its own draw of:
     light      brightness x0.75..1.25, contrast x0.75..1.25              (``augment_light``)
     colour     saturation x0.7..1.3, hue ±0.04 of a turn                 (``augment_color``)
 
-Colour is off by default: on real crop / weed / soil photos, whose classes differ mostly
-by colour, it lowered the later-season macro F1 (``bench/bench_quality.py``; the README's
-ablation table).
+Light and colour are off by default: on real crop / weed / soil photos, whose classes differ
+mostly by colour and brightness, they lowered the later-season macro F1
+(``bench/bench_quality.py``; the README's ablation table).
 
 Images are float RGB 0..255 (``shared.images``) and stay in that range. The draws come
 from one ``tf.random.Generator`` seeded with the request's seed, and the trainer applies
@@ -42,7 +42,7 @@ class Augmentation:
     """Which augmentations run (all off: the batch passes unchanged)."""
 
     geometry: bool = True
-    light: bool = True
+    light: bool = False
     color: bool = False
     crop_min_area: float = 0.6  # 1.0: no random crop
 

@@ -64,7 +64,7 @@ def build_parser() -> Parser:
         "--augment-light",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="brightness, contrast",
+        help="brightness, contrast (off by default)",
     )
     net.add_argument(
         "--augment-color",

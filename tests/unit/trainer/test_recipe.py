@@ -132,13 +132,13 @@ def test_the_same_seed_draws_the_same_augmentations() -> None:
 def test_request_flags_choose_the_augmentations() -> None:
     params = TrainingParams(architecture="ResNet50")
     assert augmentation_of(params) == Augmentation(
-        geometry=True, light=True, color=False, crop_min_area=0.6
+        geometry=True, light=False, color=False, crop_min_area=0.6
     )
     changed = params.model_copy(
-        update={"augment_light": False, "augment_color": True, "crop_min_area": 1.0}
+        update={"augment_light": True, "augment_color": True, "crop_min_area": 1.0}
     )
     assert augmentation_of(changed) == Augmentation(
-        geometry=True, light=False, color=True, crop_min_area=1.0
+        geometry=True, light=True, color=True, crop_min_area=1.0
     )
     assert augmentation_of(params.model_copy(update={"augment": False})) is None
     assert not Augmentation(geometry=False, light=False, color=False, crop_min_area=1.0).active
