@@ -237,6 +237,12 @@ def baseline(
     return model, time.monotonic() - started
 
 
+def _save(path: Path | None, runs: Sequence[Run]) -> None:
+    """Every run so far, as JSON (rewritten after each run: an interrupted bench keeps them)."""
+    if path is not None:
+        path.write_text(json.dumps([r.__dict__ for r in runs], indent=1))
+
+
 def summarize(runs: Sequence[Run], size: str, recipe: str) -> tuple[float, float, float]:
     scores = [r.macro_f1 for r in runs if r.size == size and r.recipe == recipe]
     return statistics.fmean(scores), min(scores), max(scores)
@@ -280,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f1 = score(model, later, folder, args.image_size, tta=EVALUATOR_TTA)  # as shipped
                 plain = score(model, later, folder, args.image_size)
                 runs.append(Run(size, seed, recipe, f1, seconds, len(sides["train"]), ran, plain))
+                _save(args.out, runs)
                 print(
                     f"size {size:>3} seed {seed} {recipe:<36} later macro F1 {f1:.3f}  "
                     f"{seconds:6.1f} s  ({len(sides['train'])} train, "
@@ -291,13 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model, seconds = baseline(seen, folder, seed, args, epochs)
                 f1 = score(model, later, folder, args.image_size)
                 runs.append(Run(size, seed, "baseline", f1, seconds, len(seen), epochs))
+                _save(args.out, runs)
                 print(
                     f"size {size:>3} seed {seed} {'baseline (plain Keras)':<36} later macro F1 "
                     f"{f1:.3f}  {seconds:6.1f} s  ({len(seen)} train, {epochs} epochs)",
                     flush=True,
                 )
-    if args.out:
-        args.out.write_text(json.dumps([r.__dict__ for r in runs], indent=1))
 
     ratios: dict[str, float] = {}
     print("\nlater-season macro F1, mean (min..max) over seeds:")

@@ -77,10 +77,12 @@ logger = logging.getLogger(__name__)
 # Training images whose batch statistics set BatchNorm's before each epoch's validation.
 STATS_IMAGES = 256
 # What early stopping and the kept epoch follow: the validation accuracy (in inference mode,
-# see Validator), or the training loss without a validation split. An epoch as good as the
-# best one counts as the new best: the learning rate decays to zero, and of two epochs that
-# validate alike the later one has seen more of it (a validation split of a few dozen images
-# ties often; the validation loss, by contrast, prefers the less confident early epochs).
+# see Validator), or the training loss without a validation split. The kept epoch is the
+# latest one within one validation image of the best accuracy seen: the learning rate
+# decays to zero, so of two epochs that validate alike the later one has seen more of it,
+# and on a validation split of a few images one image is noise (an early epoch that got
+# lucky would otherwise be kept, and stop the training). The validation loss, by contrast,
+# prefers the less confident early epochs.
 MAXIMISED = frozenset({"val_accuracy"})
 
 
@@ -364,6 +366,8 @@ class _Loop:
         self.deadline = time.monotonic() + job.max_seconds
         self.history = list(job.history)
         self.monitor = monitor_of(len(job.val))
+        # One validation image of slack on the accuracy (none on a loss).
+        self.tolerance = 1 / len(job.val) if self.monitor in MAXIMISED else 0.0
         self.best_epoch, self.best_value = 0, math.inf
         for row in self.history:
             self.consider(row)
@@ -376,10 +380,15 @@ class _Loop:
         self.lr_factor = 1.0  # fine_tune_lr_factor once a frozen base is unfrozen
 
     def consider(self, result: EpochResult) -> None:
-        """``result`` becomes the best epoch when it is at least as good (ties: the later)."""
+        """``result`` becomes the kept epoch when it is within ``tolerance`` of the best
+        figure seen so far (``best_value``, kept as the best, so slack does not drift)."""
         value = result.monitored(self.monitor)
-        if value <= self.best_value and (value < math.inf or not self.best_epoch):
-            self.best_epoch, self.best_value = result.epoch, value
+        if value == math.inf:  # no figure: kept only when nothing else is
+            self.best_epoch = self.best_epoch or result.epoch
+            return
+        self.best_value = min(self.best_value, value)
+        if value <= self.best_value + self.tolerance + 1e-9:
+            self.best_epoch = result.epoch
 
     @property
     def last_epoch(self) -> int:

@@ -149,6 +149,18 @@ def test_early_stopping_restores_the_best_epoch(monkeypatch: pytest.MonkeyPatch)
     assert outcome.final_metrics["monitor"] == "val_accuracy"
 
 
+def test_one_validation_image_of_slack_keeps_the_later_epoch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Six validation images: 4/6 after 5/6 is within one image, so the later epoch is kept
+    and training goes on; 3/6 is not."""
+    scripted_validation(monkeypatch, [3 / 6, 5 / 6, 4 / 6, 4 / 6, 3 / 6, 3 / 6])
+    hooks = MemoryHooks()
+    outcome = training.train(job(epochs=8, early_stopping_patience=2), hooks, threading.Event())
+    assert outcome.stopped == "early_stopping" and len(hooks.results) == 6
+    assert outcome.best_epoch == 4 and hooks.best_loaded == [4]
+
+
 def test_an_epoch_as_good_as_the_best_is_kept_instead(monkeypatch: pytest.MonkeyPatch) -> None:
     """The learning rate decays to zero: of two epochs that validate alike, the later."""
     scripted_validation(monkeypatch, [0.5, 0.75, 0.5, 0.75, 0.5])
