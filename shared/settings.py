@@ -128,8 +128,9 @@ class EvaluatorSettings(BaseSettings):
     # Networks kept with their traced inference graph between evaluations (0: none).
     model_cache: int = Field(2, ge=0)
     # Test-time augmentation: each image scored as the mean over its 8 flips/90° turns
-    # (8 times the inference work; chosen with bench/bench_quality.py).
-    tta: bool = True
+    # (8 times the inference work). Off: it did not raise the later-season macro F1 of
+    # bench/bench_quality.py (README).
+    tta: bool = False
 
 
 def consumer_timeout_ms(trainer: TrainerSettings) -> int:

@@ -113,10 +113,10 @@ def native_stderr_held() -> Iterator[None]:
 
 
 def predict_probabilities(
-    model: object, spec: object, blobs: list[bytes], *, tta: bool = True
+    model: object, spec: object, blobs: list[bytes], *, tta: bool = False
 ) -> list[list[float]]:
     """Class probabilities as the evaluator scores them (with ``tta``: the mean over each
-    image's 8 flips/turns, the evaluator's default)."""
+    image's 8 flips/turns, as the evaluator with ``EVALUATOR_TTA=true``)."""
     import numpy as np
 
     from shared.images import decode_images
