@@ -97,7 +97,45 @@ async def serve(
     grace: float = 10.0,
     settings: Settings | None = None,
 ) -> None:
-    """Run one consumer until SIGTERM/SIGINT; exits cleanly (in-flight work is redelivered)."""
+    """Run one consumer until SIGTERM/SIGINT; exits cleanly (in-flight work is redelivered).
+
+    A signal while it is still starting (connecting, migrating) cancels the start-up where
+    it is, closes what is open and returns: ``shared.startup``'s handler, which raises
+    ``SystemExit`` wherever the main thread is, would be swallowed if it fired inside a
+    library's callback on the event loop (seen: asyncpg's authentication), and the service
+    would go on running.
+    """
+    loop = asyncio.get_running_loop()
+    starting = asyncio.current_task()
+    signalled = False
+
+    def stop_starting() -> None:
+        nonlocal signalled
+        signalled = True
+        if starting is not None:
+            starting.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_starting)
+    try:
+        await _serve(
+            queue, accepts, make_handler, prefetch=prefetch, grace=grace, settings=settings
+        )
+    except asyncio.CancelledError:
+        if not signalled:
+            raise
+        logger.info("%s: signal received while starting; stopped", queue)
+
+
+async def _serve(
+    queue: str,
+    accepts: tuple[type[Message], ...],
+    make_handler: HandlerFactory,
+    *,
+    prefetch: int,
+    grace: float,
+    settings: Settings | None,
+) -> None:
     settings = settings or Settings()
     logs.configure(settings.log_level, settings.log_format)
     dsn = settings.database_url.get_secret_value()

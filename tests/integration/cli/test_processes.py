@@ -77,7 +77,7 @@ async def test_ctrl_c_while_waiting_stops_the_waiting_not_the_request(
     while "queued" not in (line := await asyncio.to_thread(waiter.stderr.readline)):
         assert line, "the CLI ended before it showed the queued request"
     waiter.send_signal(signal.SIGINT)
-    _, err = await asyncio.to_thread(waiter.communicate, timeout=20)
+    _, err = await asyncio.to_thread(waiter.communicate, timeout=60)
     assert waiter.returncode == 130
     assert f"stopped waiting; request {request_id} goes on" in err
     assert "Traceback" not in err
