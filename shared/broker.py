@@ -104,9 +104,25 @@ class Broker:
         url = URL(self.url)
         if "heartbeat" not in url.query:
             url = url.update_query(heartbeat=self.heartbeat)
-        self.connection = await aio_pika.connect_robust(
-            url, client_properties={"connection_name": "chouette"}
-        )
+        # Keep the connection object from the start: cancelled (SIGTERM while starting) in
+        # the middle of connecting, a robust connection would otherwise go on reconnecting
+        # in the background, with nothing left to close it, and keep the process alive.
+        created: list[aio_pika.RobustConnection] = []
+
+        def connection_class(*args: Any, **kwargs: Any) -> aio_pika.RobustConnection:
+            created.append(aio_pika.RobustConnection(*args, **kwargs))
+            return created[-1]
+
+        try:
+            self.connection = await aio_pika.connect_robust(
+                url,
+                client_properties={"connection_name": "chouette"},
+                connection_class=connection_class,  # type: ignore[arg-type]
+            )
+        except BaseException:
+            for connection in created:
+                await connection.close()
+            raise
         self._channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
