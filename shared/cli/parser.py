@@ -75,6 +75,12 @@ def build_parser() -> Parser:
     net.add_argument(
         "--crop-min-area", type=float, metavar="X", help="random resized crop; 1 switches it off"
     )
+    net.add_argument(
+        "--min-images-per-epoch",
+        type=int,
+        metavar="N",
+        help="small datasets repeat within an epoch up to N images; 0: one pass",
+    )
     net.add_argument("--dropout", type=float, metavar="X")
     net.add_argument("--weight-decay", type=float, metavar="X", help="decoupled (AdamW-style)")
     net.add_argument("--label-smoothing", type=float, metavar="X")

@@ -31,6 +31,7 @@ FLAGS: dict[str, str] = {
 _TRAINING_FLAGS = (
     "epochs",
     "batch_size",
+    "min_images_per_epoch",
     "image_size",
     "learning_rate",
     "optimizer",
