@@ -271,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="JSON",
-        help='also the product with these request changes, e.g. \'{"batch_size": 8}\'',
+        help="also the product with these request changes, e.g. '{\"batch_size\": 8}'",
     )
     parser.add_argument("--out", type=Path, help="write every run as JSON")
     args = parser.parse_args(argv)
