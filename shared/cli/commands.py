@@ -231,7 +231,8 @@ async def _wait(listener: Listener, request_id: uuid.UUID, args: argparse.Namesp
         return FAILED
     if req["status"] != "succeeded":
         print(
-            f"chouette: request {request_id} failed at {req['stage']}: {req['error']}",
+            f"chouette: request {request_id} failed at {req['stage']}:"
+            f" {render.printable(req['error'] or '')}",
             file=sys.stderr,
         )
         return FAILED

@@ -7,6 +7,7 @@ message models, and the defaults live in one place (``shared/messages.py``).
 from __future__ import annotations
 
 import argparse
+import math
 from typing import NoReturn
 
 WORKERS = ("fetcher", "trainer", "evaluator", "simulator")
@@ -20,6 +21,28 @@ LR_SCHEDULES = ("cosine", "constant")
 
 class UsageError(Exception):
     """Bad input: printed as one line naming the field, exit code 2."""
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
 
 
 class Parser(argparse.ArgumentParser):
@@ -102,13 +125,15 @@ def build_parser() -> Parser:
 
     status = sub.add_parser("status", help="requests with stage, progress and error")
     status.add_argument("request_id", nargs="?", metavar="REQUEST_ID", help="id or unique prefix")
-    status.add_argument("--limit", type=int, default=20, help="requests listed (default 20)")
+    status.add_argument(
+        "--limit", type=positive_int, default=20, help="requests listed (default 20)"
+    )
     status.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     sub.add_parser("watch", help="live view of requests, epochs and evaluations (Ctrl-C stops)")
 
     models = sub.add_parser("models", help="the model registry, best first")
-    models.add_argument("--limit", type=int, default=50)
+    models.add_argument("--limit", type=positive_int, default=50, help="models listed")
     models.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     predict = sub.add_parser("predict", help="class probabilities for local images")
@@ -165,5 +190,5 @@ def _follow_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait", action="store_true", help="follow progress until done; exit 0 only on success"
     )
-    parser.add_argument("--timeout", type=float, metavar="S", help="give up waiting after S s")
+    parser.add_argument("--timeout", type=seconds, metavar="S", help="give up waiting after S s")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")

@@ -109,3 +109,16 @@ async def test_report_writes_curves_confusion_matrix_and_summary(
     assert str(curves) in capsys.readouterr().out
     with pytest.raises(UsageError, match="no model"):
         await chouette(settings, "report", "999")
+
+
+@pytest.mark.parametrize("where", ["/proc/x", "a file", "under a file"])
+async def test_report_to_a_place_it_cannot_write_is_one_line(
+    where: str, settings: Settings, pool: db.Pool, tmp_path: Path
+) -> None:
+    _, model_id, _ = await seed.finished_model(pool, 0.75)
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    out = {"/proc/x": "/proc/x", "a file": str(existing), "under a file": f"{existing}/report"}
+    with pytest.raises(UsageError, match=r"^--out: cannot write the report to .*: "):
+        await chouette(settings, "report", str(model_id), "--out", out[where])
+    assert existing.read_text() == "mine"
