@@ -165,6 +165,18 @@ async def test_empty_tag_fails_naming_tag_and_range(
     assert simulator.stats["downloads"] == 0
 
 
+async def test_more_images_than_the_cap_fails_naming_the_setting_before_downloading(
+    pool: db.Pool, client: ChouetteClient, simulator: SimulatorHandle
+) -> None:
+    simulator.set_faults(missing_link_rate=0.0)
+    capped = FetcherHandler(pool, client, fetcher_settings(max_dataset_images=20))
+    with pytest.raises(
+        PermanentError, match=r"21 images listed .*FETCHER_MAX_DATASET_IMAGES \(20\)"
+    ):
+        await capped(training())
+    assert simulator.stats["downloads"] == 0
+
+
 async def test_all_images_rejected_fails_with_the_reasons(
     handler: FetcherHandler, simulator: SimulatorHandle
 ) -> None:
