@@ -45,8 +45,11 @@ Split = Literal["train", "val", "test", "all"]
 
 MIN_IMAGE_SIZE: Final = 32
 MAX_IMAGE_SIZE: Final = 1024
-# Ids and seeds are PostgreSQL ``bigint``s: a larger number could never be stored or found.
+# Ids are PostgreSQL ``bigint``s: a larger number could never be stored or found.
 MAX_BIGINT: Final = 2**63 - 1
+# A seed is stored as a bigint and seeds NumPy's global generator (keras.utils.set_random_seed),
+# which takes at most 32 bits.
+MAX_SEED: Final = 2**32 - 1
 # Pixels in one training batch (batch_size * image_size**2): 16 images of 1024 px, 256 of 256 px.
 # Training a ResNet keeps a few kB of activations per input pixel, so a larger batch cannot
 # fit in the memory of one machine (or accelerator): it is refused here, not after the fetch.
@@ -125,14 +128,14 @@ class TrainingParams(_Frozen):
     # then cosine decay to zero, or constant.
     lr_schedule: LrSchedule = "cosine"
     warmup_epochs: int = Field(2, ge=0, le=1000)
-    seed: int = Field(42, ge=0, le=MAX_BIGINT)
+    seed: int = Field(42, ge=0, le=MAX_SEED)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     val_fraction: float = Field(0.15, gt=0, lt=1)
     # Epochs with the pretrained base frozen (fine-tuning); 0 trains everything from the start.
-    freeze_epochs: int = Field(0, ge=0)
+    freeze_epochs: int = Field(0, ge=0, le=1000)
     # After the frozen epochs, the whole network trains at this fraction of the learning rate.
     fine_tune_lr_factor: float = Field(0.1, gt=0, le=1)
-    early_stopping_patience: int = Field(10, gt=0)
+    early_stopping_patience: int = Field(10, gt=0, le=1000)
 
     @field_validator("weights")
     @classmethod

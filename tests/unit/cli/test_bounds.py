@@ -20,6 +20,9 @@ OUT_OF_RANGE = [
     (["status", "--limit", "0"], "--limit"),
     (["models", "--limit", "-1"], "--limit"),
     (train("--seed", TOO_BIG), "--seed (training.seed)"),
+    (train("--seed", str(2**32)), "--seed (training.seed)"),  # NumPy's global seed: 32 bits
+    (train("--freeze-epochs", "10" * 20), "--freeze-epochs"),
+    (train("--early-stopping-patience", "10" * 20), "--early-stopping-patience"),
     (train("--timeout", "-5"), "--timeout"),
     (train("--timeout", "0"), "--timeout"),
     (train("--timeout", "nan"), "--timeout"),
@@ -52,12 +55,12 @@ def test_out_of_range_input_is_one_line_exit_2(
     assert named in err
 
 
-def test_the_largest_bigint_is_still_a_valid_seed_and_model_id() -> None:
+def test_the_largest_seed_and_model_id_are_still_valid() -> None:
     from shared.cli.submit import parse_model_id, training_request
 
-    biggest = str(2**63 - 1)
-    assert training_request(build_parser().parse_args(train("--seed", biggest))).training.seed
-    assert parse_model_id(biggest) == 2**63 - 1
+    seed = str(2**32 - 1)
+    assert training_request(build_parser().parse_args(train("--seed", seed))).training.seed
+    assert parse_model_id(str(2**63 - 1)) == 2**63 - 1
     args = build_parser().parse_args(train("--batch-size", "16", "--image-size", "1024"))
     assert training_request(args).training.batch_size == 16  # 2**24 pixels: just fits
 
