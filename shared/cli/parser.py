@@ -17,6 +17,7 @@ ARCHITECTURES = ("ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V
 TAGS = ("vine", "ground", "grass")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
 LR_SCHEDULES = ("cosine", "constant")
+_MAX_BIGINT = 2**63 - 1  # PostgreSQL's LIMIT takes a bigint
 
 
 class UsageError(Exception):
@@ -29,8 +30,8 @@ def positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    if not 1 <= value <= _MAX_BIGINT:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to {_MAX_BIGINT}, got {value}")
     return value
 
 

@@ -19,6 +19,7 @@ OUT_OF_RANGE = [
     (["status", "--limit", "-1"], "--limit"),
     (["status", "--limit", "0"], "--limit"),
     (["models", "--limit", "-1"], "--limit"),
+    (["models", "--limit", "99999999999999999999"], "--limit"),
     (train("--seed", TOO_BIG), "--seed (training.seed)"),
     (train("--seed", str(2**32)), "--seed (training.seed)"),  # NumPy's global seed: 32 bits
     (train("--freeze-epochs", "10" * 20), "--freeze-epochs"),
