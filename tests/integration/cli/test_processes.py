@@ -171,9 +171,12 @@ async def test_ctrl_c_soon_after_train_starts_always_exits_promptly(
             await asyncio.to_thread(cli.communicate)
             continue
         # 130, or -2 (died of SIGINT, which a shell shows as 130): the interrupt came while
-        # Python itself was still starting, before the command's own handling.
+        # Python itself was still starting, before the command's own handling. Python also
+        # drops an interrupt that lands in a callback of its import machinery ("Exception
+        # ignored in"), and the command then runs to its end: noise, but no hang.
+        ignored = "Exception ignored in" in err
         if cli.returncode not in (0, 130, -signal.SIGINT) or (
-            "Traceback" in err and cli.returncode != -signal.SIGINT
+            "Traceback" in err and cli.returncode != -signal.SIGINT and not ignored
         ):
             odd.append((n, cli.returncode, err[-600:]))
     assert hung == [], f"{len(hung)} of {runs} runs did not exit after Ctrl-C"
