@@ -111,7 +111,7 @@ class TrainingParams(_Frozen):
     # An epoch shows the training split as many times as it takes to reach this many images
     # (a new order and new augmentations each time): a dataset of a few dozen images still
     # gets enough optimizer steps. 0: one pass per epoch.
-    min_images_per_epoch: int = Field(0, ge=0, le=1_000_000)
+    min_images_per_epoch: int = Field(160, ge=0, le=1_000_000)
     image_size: int = Field(64, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)
     # The peak learning rate (after the warm-up, before the schedule's decay).
     learning_rate: float = Field(1e-3, gt=0, lt=10)

@@ -132,9 +132,8 @@ class EvaluatorSettings(BaseSettings):
     # Networks kept with their traced inference graph between evaluations (0: none).
     model_cache: int = Field(2, ge=0)
     # Test-time augmentation: each image scored as the mean over its 8 flips/90° turns
-    # (8 times the inference work). Off: it did not raise the later-season macro F1 of
-    # bench/bench_quality.py (README).
-    tta: bool = False
+    # (8 times the inference work; bench/bench_quality.py measures what it is worth).
+    tta: bool = True
 
 
 def consumer_timeout_ms(trainer: TrainerSettings) -> int:

@@ -149,8 +149,8 @@ def build_parser() -> Parser:
     predict.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="average each image's 8 flips/turns (as the evaluator with EVALUATOR_TTA=true)",
+        default=True,
+        help="average each image's 8 flips/turns, as the evaluator does by default",
     )
     predict.add_argument("--json", action="store_true", help="one JSON object on stdout")
 

@@ -16,7 +16,10 @@ from tests.e2e.conftest import EMPTY_RANGE, LATER_RANGE, TRAIN_RANGE, Pipeline
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-TINY = ["--image-size", "32", "--epochs", "1", "--batch-size", "8", "--no-augment"]
+TINY = [
+    "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--no-augment",
+    "--min-images-per-epoch", "0",
+]  # fmt: skip
 _trained: dict[str, dict[str, Any]] = {}
 
 

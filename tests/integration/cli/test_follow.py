@@ -29,6 +29,8 @@ TRAIN = [
     "2",
     "--image-size",
     "32",
+    "--min-images-per-epoch",
+    "0",
 ]
 
 

@@ -34,7 +34,14 @@ def trainer_settings(**kw: Any) -> TrainerSettings:
 
 def ready(dataset_id: int, request_id: uuid.UUID | None = None, **params: Any) -> DatasetReady:
     training = TrainingParams(
-        **{"architecture": "ResNet50", "epochs": 2, "batch_size": 8, "image_size": 32, **params}
+        **{
+            "architecture": "ResNet50",
+            "epochs": 2,
+            "batch_size": 8,
+            "image_size": 32,
+            "min_images_per_epoch": 0,
+            **params,
+        }
     )
     return DatasetReady(
         request_id=request_id or uuid.uuid4(),

@@ -69,7 +69,11 @@ async def test_heartbeat_keeps_flowing_during_a_long_training(
                 purpose="training",
                 dataset_id=dataset_id,
                 training=TrainingParams(
-                    architecture="ResNet50", epochs=2, batch_size=4, image_size=32
+                    architecture="ResNet50",
+                    epochs=2,
+                    batch_size=4,
+                    image_size=32,
+                    min_images_per_epoch=0,
                 ),
             )
         )

@@ -64,7 +64,14 @@ TRAIN, VAL = split(4), split(2, offset=10)
 
 def job(**params: Any) -> Job:
     p = TrainingParams(
-        **{"architecture": "ResNet50", "image_size": 32, "batch_size": 4, "epochs": 3, **params}
+        **{
+            "architecture": "ResNet50",
+            "image_size": 32,
+            "batch_size": 4,
+            "epochs": 3,
+            "min_images_per_epoch": 0,
+            **params,
+        }
     )
     spec = ModelSpec(architecture="ResNet50", image_size=32, class_names=CLASSES)
     return Job(spec=spec, params=p, train=TRAIN, val=VAL)
@@ -106,6 +113,13 @@ def test_runs_every_epoch_and_reports_each() -> None:
     assert outcome.best_epoch == min(hooks.results, key=lambda r: r.val_loss or 0).epoch
     assert outcome.recalibrated_layers == 1
     assert outcome.images_per_second and outcome.images_per_second > 0
+
+
+def test_a_small_split_is_repeated_up_to_the_images_per_epoch() -> None:
+    hooks = MemoryHooks()
+    params = {"epochs": 1, "early_stopping_patience": 5}
+    training.train(job(min_images_per_epoch=len(TRAIN) * 2 + 1, **params), hooks, threading.Event())
+    assert [r.images for r in hooks.results] == [len(TRAIN) * 3]
 
 
 def test_the_training_step_is_traced_once(monkeypatch: pytest.MonkeyPatch) -> None:
