@@ -8,9 +8,9 @@ line. URLs that embed a password are shown through :func:`redact_url`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,14 +26,25 @@ def _config(prefix: str = "") -> SettingsConfigDict:
     )
 
 
+# scheme://user:password@ — the password up to the *last* "@": generated passwords often
+# hold "/", "#", "?" or "@" unencoded, which end the netloc for urlsplit and would leave
+# them shown. Over-redacting (an "@" further on in a query) is the safe side.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*):(.*)@", re.DOTALL)
+# Secrets given as query parameters (libpq's ?password=, ?sslpassword=, tokens).
+_SECRET_PARAM = re.compile(
+    r"([?&;](?:password|passwd|pass|pwd|sslpassword|secret|token|api_key)=)[^&;#]*",
+    re.IGNORECASE,
+)
+
+
 def redact_url(url: str | SecretStr) -> str:
-    """``amqp://user:secret@host/`` → ``amqp://user:***@host/`` (safe to log)."""
+    """``amqp://user:secret@host/`` → ``amqp://user:***@host/`` (safe to log).
+
+    Also ``?password=…`` and similar query parameters → ``?password=***``.
+    """
     raw = url.get_secret_value() if isinstance(url, SecretStr) else url
-    parts = urlsplit(raw)
-    if parts.password is None:
-        return raw
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    redacted = _USERINFO.sub(r"\1:***@", raw, count=1)
+    return _SECRET_PARAM.sub(r"\1***", redacted)
 
 
 class Settings(BaseSettings):
