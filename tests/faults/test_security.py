@@ -79,3 +79,18 @@ def test_consumer_timeout_outlasts_the_trainer_limit() -> None:
     limit = TrainerSettings(_env_file=None).max_seconds  # type: ignore[call-arg]
     assert timeout_ms > limit * 1000
     assert consumer_timeout_ms(TrainerSettings(_env_file=None)) > limit * 1000  # type: ignore[call-arg]
+
+
+def test_private_hosts_are_refused_by_default_everywhere() -> None:
+    """``FETCHER_ALLOW_PRIVATE_HOSTS`` is false in the settings, the example and compose."""
+    from shared.settings import FetcherSettings
+
+    fields = FetcherSettings.model_fields
+    assert fields["allow_private_hosts"].default is False
+    example = (ROOT / "config.example.env").read_text()
+    assert re.search(r"^FETCHER_ALLOW_PRIVATE_HOSTS=false$", example, re.MULTILINE)
+    for name, service in _compose()["services"].items():
+        value = str((service.get("environment") or {}).get("FETCHER_ALLOW_PRIVATE_HOSTS", ""))
+        default = re.fullmatch(r"\$\{FETCHER_ALLOW_PRIVATE_HOSTS:-(\w*)\}", value)
+        effective = default.group(1) if default else value
+        assert effective.lower() in ("", "false", "0"), f"{name}: {value}"
