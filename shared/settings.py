@@ -121,6 +121,9 @@ class TrainerSettings(BaseSettings):
     # Compiled networks kept between requests of the same shape (0: build each time);
     # saves tracing the training step again (ResNet50: 25-45 s on 2 CPU cores).
     model_cache: int = Field(2, ge=0)
+    # The only directory --weights PATH may name files in (*.h5, HDF5; a relative PATH is
+    # taken inside it). "" = --weights PATH refused (shared/weight_files.py).
+    weights_dir: str = ""
     # Where --weights imagenet comes from when it is not cached (shared.pretrained): Keras's
     # public URL, an http(s) mirror serving the same file names, or a local directory.
     weights_source: str = KERAS_BASE_URL
