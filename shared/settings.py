@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
+    # `chouette prune`: weights of models that are not champions go this many days after
+    # their training (shared/retention.py).
+    retention_weights_days: float = Field(30.0, ge=0)
+
     # Where `chouette services up` keeps RabbitMQ and PostgreSQL data.
     chouette_home: Path = Path(".chouette")
 
