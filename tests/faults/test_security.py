@@ -138,3 +138,49 @@ def test_dependencies_require_versions_past_known_advisories() -> None:
         lower = re.search(r">=\s*([\d.]+)", spec)
         assert lower and _version(lower.group(1)) >= minimum, f"{spec}: at least {minimum}"
         assert _version(version(name)) >= minimum, f"installed {name} {version(name)}"
+
+
+def _locked(name: str) -> dict[str, str]:
+    """``{normalized name: version}`` of a requirements lock file; every entry hashed."""
+    text = (ROOT / name).read_text()
+    entries = re.split(r"\n(?=[A-Za-z0-9])", re.sub(r"^#.*\n", "", text, flags=re.M).strip())
+    locked = {}
+    for entry in entries:
+        assert "--hash=sha256:" in entry, f"{name}: {entry.splitlines()[0]} has no hash"
+        package, version = entry.split()[0].split("==")
+        locked[re.sub(r"[-_.]+", "-", package).lower()] = version
+    return locked
+
+
+def test_locks_pin_every_dependency_with_hashes() -> None:
+    from packaging.requirements import Requirement
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    runtime, dev = _locked("requirements.lock"), _locked("requirements-dev.lock")
+    for lock, specs in (
+        (runtime, config["project"]["dependencies"]),
+        (
+            dev,
+            config["project"]["dependencies"] + config["project"]["optional-dependencies"]["dev"],
+        ),
+    ):
+        for spec in specs:
+            requirement = Requirement(spec)
+            name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+            assert name in lock, f"{name} is not locked"
+            assert requirement.specifier.contains(lock[name]), f"{name}=={lock[name]} vs {spec}"
+    assert all(dev.get(name) == version for name, version in runtime.items())
+    for name, minimum in MINIMUM_VERSIONS.items():
+        assert _version(runtime[name]) >= minimum, f"locked {name} {runtime[name]}"
+
+
+def test_image_and_ci_install_from_the_locks() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install --require-hashes -r requirements.lock" in dockerfile
+    assert re.search(r"pip install --no-deps \.", dockerfile)
+    assert "requirements.lock" not in (ROOT / ".dockerignore").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^\$\(VENV\)/\.installed:.*?(?=^\S)", makefile, re.M | re.S)
+    assert recipe and "--require-hashes -r requirements-dev.lock" in recipe.group(0)
+    assert "--no-deps -e ." in recipe.group(0)
+    assert "make test" in (ROOT / ".ci" / "run").read_text()  # which builds .venv as above
