@@ -13,7 +13,10 @@ as root, each server runs as its own system user.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import pwd
@@ -139,6 +142,21 @@ def _psql_quote(value: str) -> str:
     return f"'{escaped}'"
 
 
+def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier of ``password`` (what ``pg_authid`` stores), or
+    ``""`` for a password that is not pure ASCII: the server normalises those (SASLprep)
+    before hashing, which this does not reproduce; they are then sent as they are."""
+    if not password.isascii():
+        return ""
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
 # -- PostgreSQL ------------------------------------------------------------------------------
 
 
@@ -227,7 +245,10 @@ class PostgresServer:
         self._ensure_role_and_database()
 
     def _ensure_role_and_database(self) -> None:
-        names = {"user": self.user, "password": self.password, "database": self.database}
+        # The server stores a SCRAM verifier; computed here, the password itself never
+        # reaches the server (its logs, pg_stat_activity) nor psql.
+        secret = scram_verifier(self.password) or self.password
+        names = {"user": self.user, "password": secret, "database": self.database}
         exists = self._psql("SELECT 1 FROM pg_roles WHERE rolname = :'user';", **names)
         verb = "ALTER" if exists else "CREATE"
         power = "SUPERUSER" if self.superuser else "CREATEDB"

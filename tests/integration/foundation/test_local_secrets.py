@@ -13,11 +13,11 @@ import pytest
 from shared import local_services
 from shared.local_services import PostgresServer, free_port
 
-PASSWORD = "p'a\\ss/w#o?r@d\"$(x)\nsecond line"
 
-
+# ASCII: sent as its SCRAM verifier; not ASCII: as it is (the server normalises it).
+@pytest.mark.parametrize("password", ["p'a\\ss/w#o?r@d\"$(x)\nsecond line", "p'âté\nsecond line"])
 def test_role_password_of_any_characters_without_the_command_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, password: str
 ) -> None:
     real_run = subprocess.run
     argvs: list[list[str]] = []
@@ -27,14 +27,14 @@ def test_role_password_of_any_characters_without_the_command_line(
         return real_run(cmd, **kwargs)
 
     monkeypatch.setattr(local_services.subprocess, "run", spy)
-    server = PostgresServer(tmp_path / "pg", port=free_port(), password=PASSWORD, durable=False)
+    server = PostgresServer(tmp_path / "pg", port=free_port(), password=password, durable=False)
     try:
         server.start()
 
         async def login() -> int:
             con = await asyncpg.connect(
                 host="127.0.0.1", port=server.port, user=server.user,
-                password=PASSWORD, database=server.database,
+                password=password, database=server.database,
             )  # fmt: skip
             try:
                 return int(await con.fetchval("SELECT 1"))

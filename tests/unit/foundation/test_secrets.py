@@ -61,7 +61,30 @@ def test_psql_never_gets_the_password_on_its_command_line(
     for call in calls:
         assert not any(SECRET in arg for arg in call["cmd"]), call["cmd"]
         assert SECRET not in str(call.get("env") or "")
-    assert any(SECRET in (call.get("input") or "") for call in calls)
+        assert SECRET not in (call.get("input") or "")  # only its SCRAM verifier goes
+    assert any("SCRAM-SHA-256$4096:" in (call.get("input") or "") for call in calls)
+
+
+def test_scram_verifier_matches_postgresql() -> None:
+    # RFC 7677's test vector for SCRAM-SHA-256 (user "user", password "pencil"): the
+    # server signature it gives derives from the same ServerKey.
+    import base64
+    import hashlib
+    import hmac
+
+    salt = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
+    verifier = local_services.scram_verifier("pencil", salt=salt)
+    method, rest = verifier.split("$", 1)
+    assert method == "SCRAM-SHA-256" and rest.startswith("4096:W22ZaJ0SNY7soEsUEjb6gQ==$")
+    stored_key, server_key = (base64.b64decode(k) for k in rest.split("$")[1].split(":"))
+    auth_message = (
+        "n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+        "s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+    )
+    signature = hmac.new(server_key, auth_message.encode(), hashlib.sha256).digest()
+    assert base64.b64encode(signature).decode() == "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+    assert len(stored_key) == 32
+    assert local_services.scram_verifier("pâté") == ""  # the server normalises those itself
 
 
 def test_psql_quote_keeps_the_value_exact() -> None:
