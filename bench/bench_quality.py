@@ -266,6 +266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--ablation-extra", action="store_true", help="also each default-off ingredient on"
     )
     parser.add_argument("--no-baseline", action="store_true", help="ablation only")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="also the product with these request changes, e.g. '{\"batch_size\": 8}'",
+    )
     parser.add_argument("--out", type=Path, help="write every run as JSON")
     args = parser.parse_args(argv)
     epochs = args.epochs or TrainingParams.model_fields["epochs"].default
@@ -282,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     recipes = ABLATIONS if args.ablation else {"product (all on)": {}}
     if args.ablation_extra:
         recipes = {**recipes, **EXTRA_ABLATIONS}
+    recipes = {**recipes, **{v: json.loads(v) for v in args.variant}}
     product = Product(args)
     runs: list[Run] = []
     sizes = args.sizes.split(",")

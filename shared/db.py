@@ -19,12 +19,16 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from shared.errors import RetryableError
+from shared.messages import truncate
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any constant shared by all services; two processes migrating at once serialize on it.
 _MIGRATION_LOCK_KEY = 0x43484F55  # "CHOU"
+
+# What a failure row keeps of the message that failed.
+MAX_BODY_BYTES = 10_000
 
 Pool: TypeAlias = asyncpg.Pool
 Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
@@ -147,10 +151,17 @@ async def record_failure(
     error: str,
     body: bytes | None = None,
 ) -> None:
-    """Mark the request ``failed`` with its stage and error, and log the failure row."""
+    """Mark the request ``failed`` with its stage and error, and log the failure row.
+
+    A request with no row yet (a message published by hand, or whose row was deleted) gets
+    one, ``failed``: ``chouette status ID`` must say why, not "no request matches". Both
+    the error and the stored body are cut to a bounded length.
+    """
     # PostgreSQL text cannot hold NUL: a poison body must still leave its failure row.
-    text = body.decode("utf-8", "replace")[:10_000].replace("\x00", "\\x00") if body else None
-    error = error.replace("\x00", "\\x00")
+    text = (
+        body[:MAX_BODY_BYTES].decode("utf-8", "replace").replace("\x00", "\\x00") if body else None
+    )
+    error = truncate(error.replace("\x00", "\\x00"))
     async with pool.acquire() as con, con.transaction():
         await con.execute(
             "INSERT INTO failures (request_id, queue, stage, error, body)"
@@ -162,6 +173,14 @@ async def record_failure(
             text,
         )
         if request_id is not None:
+            kind, params = _unrecorded_request(body)
+            await con.execute(
+                "INSERT INTO training_requests (id, kind, params) VALUES ($1, $2, $3)"
+                " ON CONFLICT (id) DO NOTHING",
+                request_id,
+                kind,
+                params,
+            )
             await con.execute(
                 "UPDATE training_requests SET status = 'failed', stage = $2, error = $3,"
                 " updated_at = now(), finished_at = now()"
@@ -170,6 +189,25 @@ async def record_failure(
                 stage,
                 error,
             )
+
+
+def _unrecorded_request(body: bytes | None) -> tuple[str, dict[str, Any]]:
+    """The kind and parameters of a request known only by the message that failed: the
+    message itself when it is a small JSON object, else nothing but its kind (a guess:
+    ``training`` unless the message says evaluation)."""
+    message: Any = None
+    if body and len(body) <= MAX_BODY_BYTES and b"\\u0000" not in body:
+        try:
+            message = json.loads(body)
+            json.dumps(message, ensure_ascii=False).encode()  # jsonb refuses lone surrogates
+        except (ValueError, RecursionError):  # UnicodeError is a ValueError
+            message = None
+    if not isinstance(message, dict):
+        return "training", {}
+    evaluation = message.get("type") == "EvaluationRequested" or (
+        message.get("purpose") == "evaluation"
+    )
+    return ("evaluation" if evaluation else "training"), message
 
 
 async def request_status(con: Executor, request_id: uuid.UUID) -> str | None:

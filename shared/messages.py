@@ -45,6 +45,17 @@ Split = Literal["train", "val", "test", "all"]
 
 MIN_IMAGE_SIZE: Final = 32
 MAX_IMAGE_SIZE: Final = 1024
+# Ids are PostgreSQL ``bigint``s: a larger number could never be stored or found.
+MAX_BIGINT: Final = 2**63 - 1
+# A seed is stored as a bigint and seeds NumPy's global generator (keras.utils.set_random_seed),
+# which takes at most 32 bits.
+MAX_SEED: Final = 2**32 - 1
+# Pixels in one training batch (batch_size * image_size**2): 16 images of 1024 px, 256 of 256 px.
+# Training a ResNet keeps a few kB of activations per input pixel, so a larger batch cannot
+# fit in the memory of one machine (or accelerator): it is refused here, not after the fetch.
+MAX_BATCH_PIXELS: Final = 2**24
+# A failure's text, in messages and in the database, is cut to this many characters.
+MAX_ERROR_CHARS: Final = 2000
 
 
 def _now() -> dt.datetime:
@@ -97,6 +108,10 @@ class TrainingParams(_Frozen):
     architecture: Architecture
     epochs: int = Field(40, gt=0, le=1000)
     batch_size: int = Field(16, gt=0, le=4096)
+    # An epoch shows the training split as many times as it takes to reach this many images
+    # (a new order and new augmentations each time): a dataset of a few dozen images still
+    # gets enough optimizer steps. 0: one pass per epoch.
+    min_images_per_epoch: int = Field(0, ge=0, le=1_000_000)
     image_size: int = Field(64, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)
     # The peak learning rate (after the warm-up, before the schedule's decay).
     learning_rate: float = Field(1e-3, gt=0, lt=10)
@@ -117,14 +132,14 @@ class TrainingParams(_Frozen):
     # then cosine decay to zero, or constant.
     lr_schedule: LrSchedule = "cosine"
     warmup_epochs: int = Field(2, ge=0, le=1000)
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=MAX_SEED)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     val_fraction: float = Field(0.15, gt=0, lt=1)
     # Epochs with the pretrained base frozen (fine-tuning); 0 trains everything from the start.
-    freeze_epochs: int = Field(0, ge=0)
+    freeze_epochs: int = Field(0, ge=0, le=1000)
     # After the frozen epochs, the whole network trains at this fraction of the learning rate.
     fine_tune_lr_factor: float = Field(0.1, gt=0, le=1)
-    early_stopping_patience: int = Field(10, gt=0)
+    early_stopping_patience: int = Field(10, gt=0, le=1000)
 
     @field_validator("weights")
     @classmethod
@@ -140,6 +155,18 @@ class TrainingParams(_Frozen):
             raise ValueError(
                 f"test_fraction + val_fraction must be below 1 "
                 f"(got {self.test_fraction} + {self.val_fraction})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> TrainingParams:
+        pixels = self.batch_size * self.image_size**2
+        if pixels > MAX_BATCH_PIXELS:
+            # "field: reason": the CLI names the flag of the field (shared/cli/submit.py).
+            raise ValueError(
+                f"training.batch_size: batch_size * image_size**2 is {pixels} pixels per"
+                f" batch, above the {MAX_BATCH_PIXELS} that fit in memory (got batch_size"
+                f" {self.batch_size}, image_size {self.image_size}): lower one of them"
             )
         return self
 
@@ -175,13 +202,23 @@ class TrainingRequested(Message):
     dataset: DatasetSpec
     training: TrainingParams
 
+    @model_validator(mode="after")
+    def _several_classes(self) -> TrainingRequested:
+        if len(self.dataset.tags) < 2:
+            # "field: reason": the CLI names the flag of the field (shared/cli/submit.py).
+            raise ValueError(
+                f"dataset.tags: a classifier needs at least two classes"
+                f" (got only {','.join(self.dataset.tags)})"
+            )
+        return self
+
 
 class EvaluationRequested(Message):
     """Evaluate a stored model on its held-out test split, or on another date range."""
 
     routing_key: ClassVar[str] = "evaluation.requested"
     type: Literal["EvaluationRequested"] = "EvaluationRequested"
-    model_id: int = Field(gt=0)
+    model_id: int = Field(gt=0, le=MAX_BIGINT)
     dataset: DatasetSpec | None = None
 
 
@@ -190,11 +227,11 @@ class DatasetReady(Message):
 
     type: Literal["DatasetReady"] = "DatasetReady"
     purpose: Literal["training", "evaluation"]
-    dataset_id: int = Field(gt=0)
+    dataset_id: int = Field(gt=0, le=MAX_BIGINT)
     # purpose == "training": what to train.
     training: TrainingParams | None = None
     # purpose == "evaluation": which model to score on which split of the dataset.
-    model_id: int | None = Field(None, gt=0)
+    model_id: int | None = Field(None, gt=0, le=MAX_BIGINT)
     split: Split = "test"
 
     @property
@@ -215,8 +252,8 @@ class ModelReady(Message):
 
     routing_key: ClassVar[str] = "model.ready"
     type: Literal["ModelReady"] = "ModelReady"
-    model_id: int = Field(gt=0)
-    dataset_id: int = Field(gt=0)
+    model_id: int = Field(gt=0, le=MAX_BIGINT)
+    dataset_id: int = Field(gt=0, le=MAX_BIGINT)
 
 
 class ModelEvaluated(Message):
@@ -224,9 +261,9 @@ class ModelEvaluated(Message):
 
     routing_key: ClassVar[str] = "model.evaluated"
     type: Literal["ModelEvaluated"] = "ModelEvaluated"
-    model_id: int = Field(gt=0)
-    dataset_id: int = Field(gt=0)
-    evaluation_id: int = Field(gt=0)
+    model_id: int = Field(gt=0, le=MAX_BIGINT)
+    dataset_id: int = Field(gt=0, le=MAX_BIGINT)
+    evaluation_id: int = Field(gt=0, le=MAX_BIGINT)
     accuracy: float
     macro_f1: float
 
@@ -238,6 +275,11 @@ class RequestFailed(Message):
     type: Literal["RequestFailed"] = "RequestFailed"
     stage: str
     error: str
+
+    @field_validator("error", mode="before")
+    @classmethod
+    def _short(cls, value: Any) -> Any:
+        return truncate(value) if isinstance(value, str) else value
 
 
 AnyMessage = Annotated[
@@ -254,6 +296,14 @@ AnyMessage = Annotated[
 @functools.cache
 def _any_message() -> TypeAdapter[Message]:
     return TypeAdapter(AnyMessage)  # type: ignore[arg-type]
+
+
+def truncate(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    note = f"… ({len(text) - limit} more characters)"
+    return text[: max(0, limit - len(note))] + note
 
 
 def first_error(exc: ValidationError) -> str:

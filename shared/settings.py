@@ -93,7 +93,11 @@ class FetcherSettings(BaseSettings):
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     allow_private_hosts: bool = False
-    prefetch: int = 4
+    # One listing answer (per tag), as sent and once decompressed.
+    max_listing_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    # Distinct images in one dataset: a wider date range is refused, naming this setting.
+    max_dataset_images: int = Field(20_000, ge=1)
+    prefetch: int = Field(4, ge=1)
     # Seconds between two `fetching n/N` progress writes of one request.
     progress_interval: float = 0.5
     # Grouped split: photos (of any tag) taken less than this many seconds after the previous
@@ -109,7 +113,7 @@ class TrainerSettings(BaseSettings):
 
     # Hard limit on one training; RabbitMQ's consumer_timeout is set above it.
     max_seconds: int = 6 * 3600
-    prefetch: int = 1
+    prefetch: int = Field(1, ge=1)
     min_train_images: int = 6
     weight_part_bytes: int = 4 * 1024 * 1024
     gpu_mixed_precision: bool = True
@@ -140,7 +144,7 @@ class TrainerSettings(BaseSettings):
 class EvaluatorSettings(BaseSettings):
     model_config = _config("EVALUATOR_")
 
-    prefetch: int = 1
+    prefetch: int = Field(1, ge=1)
     batch_size: int = 32
     # A new model becomes champion when its macro F1 beats the champion's by this much.
     promotion_margin: float = 0.01

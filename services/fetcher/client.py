@@ -49,6 +49,8 @@ LISTING_PATH = "/api/jobs/get-images/"
 LINK_KEYS = ("media", "url")
 MAX_REDIRECTS = 3
 CHUNK_BYTES = 64 * 1024
+# A login answer is a token in a small JSON object: anything larger is not one.
+MAX_LOGIN_BYTES = 64 * 1024
 RETRY_AFTER_MAX = 300.0
 USER_AGENT = "chouette-pipeline-fetcher/0.1"
 
@@ -150,6 +152,24 @@ def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> f
 def _snippet(body: bytes, limit: int = 120) -> str:
     text = body[:limit].decode("utf-8", "replace").strip().replace("\n", " ")
     return text + ("…" if len(body) > limit else "")
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int, what: str, bound: str) -> bytes:
+    """The body of an API answer, refused (:class:`PermanentError`) past ``limit`` bytes: as
+    sent (``Content-Length``, before any reading) and once decompressed (while streaming, so
+    that a small gzip body cannot grow into gigabytes in memory)."""
+    sent = resp.content_length
+    if sent is not None and sent > limit:
+        raise PermanentError(f"{what}: the body is {sent} bytes, above {bound} ({limit})")
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+        size += len(chunk)
+        if size > limit:
+            raise PermanentError(
+                f"{what}: the body is above {bound} ({limit} bytes) once decompressed"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _describe(value: Any) -> str:
@@ -271,7 +291,10 @@ class ChouetteClient:
                 if resp.status in (404, 405, 501):
                     return resp.status, b""
                 self._raise_for_api_status(resp, "login")
-                return resp.status, await resp.read()
+                body = await read_capped(
+                    resp, MAX_LOGIN_BYTES, f"login at {self.host}", "a token answer"
+                )
+                return resp.status, body
 
         status, body = await self._retrying(f"login at {self.host}", attempt)
         if status != 200:
@@ -345,7 +368,10 @@ class ChouetteClient:
         async def attempt(headers: dict[str, str]) -> bytes:
             async with self._session.get(url, params=params, headers=headers) as resp:
                 self._raise_for_api_status(resp, what)
-                return await resp.read()
+                limit = self.settings.max_listing_bytes
+                return await read_capped(
+                    resp, limit, f"{what} from {self.host}", "FETCHER_MAX_LISTING_BYTES"
+                )
 
         headers = await self._auth_headers()
         try:

@@ -169,6 +169,12 @@ class DatasetBuilder:
         for listing in listings:
             for image in listing.images:
                 by_key.setdefault(image.source_key, image)
+        cap = self.settings.max_dataset_images
+        if len(by_key) > cap:
+            raise PermanentError(
+                f"{len(by_key)} images listed {_range(spec)}, above FETCHER_MAX_DATASET_IMAGES"
+                f" ({cap}): narrow the date range or the tags, or raise the setting"
+            )
         resolved = await store.known_sources(self.pool, by_key)
         reused = len(resolved)
         rejected_links: dict[str, str] = {}

@@ -92,8 +92,15 @@ class FetcherHandler:
             logger.info("model %d: evaluating on its dataset %d", msg.model_id, dataset_id)
             split = "test"
         else:
-            if not await store.model_exists(self.pool, msg.model_id):
+            classes = await store.model_classes(self.pool, msg.model_id)
+            if classes is None:
                 raise PermanentError(f"model {msg.model_id} does not exist")
+            unknown = [t for t in msg.dataset.tags if t not in classes]
+            if unknown:  # scored, their images would be left out without a word
+                raise PermanentError(
+                    f"model {msg.model_id} was trained on {','.join(classes)} only;"
+                    f" it cannot score {','.join(unknown)}"
+                )
             dataset_id = (await self._fetch(rid, msg.dataset, EVALUATION_SPLIT)).dataset_id
             split = "all"
         return DatasetReady(

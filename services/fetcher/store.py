@@ -187,5 +187,7 @@ async def model_dataset(con: Executor, model_id: int) -> int | None:
     return None if value is None else int(value)
 
 
-async def model_exists(con: Executor, model_id: int) -> bool:
-    return bool(await con.fetchval("SELECT EXISTS (SELECT 1 FROM models WHERE id = $1)", model_id))
+async def model_classes(con: Executor, model_id: int) -> tuple[str, ...] | None:
+    """The classes a model was trained on; None when there is no such model."""
+    names = await con.fetchval("SELECT class_names FROM models WHERE id = $1", model_id)
+    return None if names is None else tuple(names)

@@ -73,6 +73,11 @@ def steps_per_epoch(n_images: int, batch_size: int) -> int:
     return max(1, math.ceil(n_images / batch_size))
 
 
+def passes_per_epoch(n_images: int, min_images: int) -> int:
+    """How many times an epoch shows a split of ``n_images`` to show at least ``min_images``."""
+    return max(1, math.ceil(min_images / max(1, n_images)))
+
+
 def _cached(ds: tf.data.Dataset, cache_dir: str, name: str) -> tf.data.Dataset:
     if not cache_dir:
         return ds.cache()
@@ -91,16 +96,20 @@ def training_dataset(
     seed: int,
     cache_dir: str = "",
     cache_name: str = "train",
+    passes: int = 1,
 ) -> tf.data.Dataset:
     """Decoded, cached, shuffled (seeded, new order each epoch), batched, augmented.
 
     ``augment``: which augmentations (``True``: the default ones, ``False``: none).
+    ``passes``: the split is shown this many times per epoch, each in a new order.
     """
     import tensorflow as tf
 
     ds = image_dataset(split.images, split.labels, image_size)
     ds = _cached(ds, cache_dir, cache_name)
     ds = ds.shuffle(max(1, len(split)), seed=seed, reshuffle_each_iteration=True)
+    if passes > 1:
+        ds = ds.repeat(passes)
     ds = ds.batch(batch_size)
     augmentation = Augmentation() if augment is True else augment or None
     if augmentation is not None and augmentation.active:

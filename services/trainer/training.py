@@ -51,6 +51,7 @@ from services.trainer.dataset import (
     Split,
     class_weights,
     evaluation_dataset,
+    passes_per_epoch,
     steps_per_epoch,
     training_dataset,
 )
@@ -377,6 +378,7 @@ class _Loop:
         self.model: keras.Model | None = None
         self.validator: Validator | None = None
         self.steps_per_epoch = 1
+        self.passes = 1  # times an epoch shows the training split
         self.lr_factor = 1.0  # fine_tune_lr_factor once a frozen base is unfrozen
 
     def consider(self, result: EpochResult) -> None:
@@ -432,7 +434,7 @@ class _Loop:
             val_accuracy=_float(logs.get("val_accuracy")),
             learning_rate=_learning_rate(self.model),
             seconds=time.monotonic() - self.epoch_started,
-            images=len(self.job.train),
+            images=len(self.job.train) * self.passes,
         )
         self.consider(result)
         self.history.append(result)
@@ -570,17 +572,18 @@ def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
     n_classes = len(spec.class_names)
     weights = class_weights(job.train.labels, n_classes)
     batch_size = min(params.batch_size, len(job.train))
-    steps = steps_per_epoch(len(job.train), batch_size)
+    passes = passes_per_epoch(len(job.train), params.min_images_per_epoch)
+    steps = steps_per_epoch(len(job.train) * passes, batch_size)
     momentum = momentum_for_steps(steps)
     train_ds = training_dataset(
         job.train, spec.image_size, batch_size, augment=augmentation_of(params) or False,
-        seed=params.seed, cache_dir=job.cache_dir,
+        seed=params.seed, cache_dir=job.cache_dir, passes=passes,
     )  # fmt: skip
     stats_ds = evaluation_dataset(
         job.train, spec.image_size, batch_size, cache_dir=job.cache_dir, cache_name="stats"
     )
     loop = _Loop(job, hooks, stop)
-    loop.steps_per_epoch = steps
+    loop.steps_per_epoch, loop.passes = steps, passes
     if len(job.val):
         val_ds = evaluation_dataset(job.val, spec.image_size, batch_size, cache_dir=job.cache_dir)
         stats_batches = max(1, STATS_IMAGES // batch_size)
@@ -617,8 +620,9 @@ def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
             job.checkpoint_epoch, "restored" if restored else "fresh",
         )  # fmt: skip
     logger.info(
-        "training %s at %d px on %d images (%d val), %d steps/epoch, BatchNorm momentum %.3f%s",
-        spec.architecture, spec.image_size, len(job.train), len(job.val), steps, momentum,
+        "training %s at %d px on %d images (%d val), %d pass(es) and %d steps/epoch, "
+        "BatchNorm momentum %.3f%s",
+        spec.architecture, spec.image_size, len(job.train), len(job.val), passes, steps, momentum,
         f" (network kept from an earlier request, ready in {time.monotonic() - started:.2f} s)"
         if reused
         else f" (network built in {time.monotonic() - started:.2f} s)",

@@ -31,6 +31,7 @@ from shared.messages import Message
 from shared.settings import Settings, redact_url
 
 CONNECT_TIMEOUT_S = 15.0
+CLOSE_TIMEOUT_S = 5.0
 _ID_PREFIX = re.compile(r"[0-9a-fA-F-]{1,36}")
 
 
@@ -91,8 +92,13 @@ async def open_publisher(settings: Settings) -> AsyncIterator[Publisher]:
     )
     try:
         await asyncio.wait_for(broker.connect(), CONNECT_TIMEOUT_S)
-    except Exception as exc:
-        await broker.close()
+    except BaseException as exc:
+        # Ctrl-C too (a CancelledError): cancelled once connected (opening the channel,
+        # declaring the queues), a robust connection left open goes on reconnecting, shrugs
+        # off asyncio.run's last cancellation, and the process never exits.
+        await close_within(broker, CLOSE_TIMEOUT_S)
+        if not isinstance(exc, Exception):
+            raise
         import aiormq
 
         if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):  # connected, refused
@@ -108,7 +114,14 @@ async def open_publisher(settings: Settings) -> AsyncIterator[Publisher]:
     try:
         yield broker
     finally:
-        await broker.close()
+        await close_within(broker, CLOSE_TIMEOUT_S)
+
+
+async def close_within(broker: Any, timeout_s: float) -> None:
+    """Close the broker connection, giving up after ``timeout_s`` (a server that stopped
+    answering must not hold a command, nor Ctrl-C, any longer)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(broker.close(), timeout_s)
 
 
 # -- train / evaluate ---------------------------------------------------------------------
@@ -235,7 +248,8 @@ async def _wait(listener: Listener, request_id: uuid.UUID, args: argparse.Namesp
         return FAILED
     if req["status"] != "succeeded":
         print(
-            f"chouette: request {request_id} failed at {req['stage']}: {req['error']}",
+            f"chouette: request {request_id} failed at {req['stage']}:"
+            f" {render.printable(req['error'] or '')}",
             file=sys.stderr,
         )
         return FAILED

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import asyncpg
 
 from shared.cli import queries
-from shared.cli.render import FINAL, ProgressView, epoch_metrics, fmt, short_id
+from shared.cli.render import FINAL, ProgressView, epoch_metrics, fmt, printable, short_id
 
 RECHECK_S = 30.0
 Event = tuple[str, dict[str, Any]]
@@ -169,7 +169,7 @@ def event_text(
             f" {data.get('stage'):<10} {fmt(data.get('progress'))}"
         )
         if data.get("error"):
-            text += f"  error: {' '.join(str(data['error']).split())}"
+            text += f"  error: {printable(str(data['error']))}"
     elif channel == queries.EPOCHS:
         total = (epoch_totals or {}).get(data.get("model_id", -1))
         epoch = f"{data.get('epoch')}/{total}" if total else str(data.get("epoch"))

@@ -7,6 +7,7 @@ message models, and the defaults live in one place (``shared/messages.py``).
 from __future__ import annotations
 
 import argparse
+import math
 from typing import NoReturn
 
 WORKERS = ("fetcher", "trainer", "evaluator", "simulator")
@@ -16,10 +17,33 @@ ARCHITECTURES = ("ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V
 TAGS = ("vine", "ground", "grass")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
 LR_SCHEDULES = ("cosine", "constant")
+_MAX_BIGINT = 2**63 - 1  # PostgreSQL's LIMIT takes a bigint
 
 
 class UsageError(Exception):
     """Bad input: printed as one line naming the field, exit code 2."""
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= _MAX_BIGINT:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to {_MAX_BIGINT}, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
 
 
 class Parser(argparse.ArgumentParser):
@@ -75,6 +99,12 @@ def build_parser() -> Parser:
     net.add_argument(
         "--crop-min-area", type=float, metavar="X", help="random resized crop; 1 switches it off"
     )
+    net.add_argument(
+        "--min-images-per-epoch",
+        type=int,
+        metavar="N",
+        help="small datasets repeat within an epoch up to N images; 0: one pass",
+    )
     net.add_argument("--dropout", type=float, metavar="X")
     net.add_argument("--weight-decay", type=float, metavar="X", help="decoupled (AdamW-style)")
     net.add_argument("--label-smoothing", type=float, metavar="X")
@@ -102,13 +132,15 @@ def build_parser() -> Parser:
 
     status = sub.add_parser("status", help="requests with stage, progress and error")
     status.add_argument("request_id", nargs="?", metavar="REQUEST_ID", help="id or unique prefix")
-    status.add_argument("--limit", type=int, default=20, help="requests listed (default 20)")
+    status.add_argument(
+        "--limit", type=positive_int, default=20, help="requests listed (default 20)"
+    )
     status.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     sub.add_parser("watch", help="live view of requests, epochs and evaluations (Ctrl-C stops)")
 
     models = sub.add_parser("models", help="the model registry, best first")
-    models.add_argument("--limit", type=int, default=50)
+    models.add_argument("--limit", type=positive_int, default=50, help="models listed")
     models.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     predict = sub.add_parser("predict", help="class probabilities for local images")
@@ -168,5 +200,5 @@ def _follow_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait", action="store_true", help="follow progress until done; exit 0 only on success"
     )
-    parser.add_argument("--timeout", type=float, metavar="S", help="give up waiting after S s")
+    parser.add_argument("--timeout", type=seconds, metavar="S", help="give up waiting after S s")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")

@@ -27,6 +27,8 @@ from shared.settings import Settings
 
 def read_images(paths: list[str]) -> list[tuple[str, bytes]]:
     """The bytes of each file; ``UsageError`` naming the first one that is not a readable image."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     images = []
@@ -36,14 +38,35 @@ def read_images(paths: list[str]) -> list[tuple[str, bytes]]:
         except OSError as exc:
             raise UsageError(f"IMAGE {name}: cannot read: {exc.strerror or exc}") from None
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                img.verify()
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as img:
+                    img.verify()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise UsageError(
+                f"IMAGE {name}: too large to decode"
+                f" ({' x '.join(map(str, _size(data)))} pixels, at most"
+                f" {Image.MAX_IMAGE_PIXELS} allowed)"
+            ) from exc
         except UnidentifiedImageError:
             raise UsageError(f"IMAGE {name}: not a readable image (unknown format)") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise UsageError(f"IMAGE {name}: not a readable image ({exc})") from None
         images.append((name, data))
     return images
+
+
+def _size(data: bytes) -> tuple[int, int]:
+    """An image's width and height from its header, without the decompression bomb check."""
+    from PIL import Image
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 async def run_predict(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,6 +7,7 @@ import decimal
 import json
 import re
 import sys
+import unicodedata
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
@@ -16,6 +17,23 @@ FINAL = ("succeeded", "failed")
 _FRACTION = re.compile(r"(\d+)\s*/\s*(\d+)")
 # Macro F1 points between the held-out test split and a later date range worth a sentence.
 LATER_GAP = 0.05
+
+
+def printable(text: str) -> str:
+    """``text`` safe on a terminal: whitespace runs become one space and other control or
+    format characters (escape sequences, bidi overrides) are shown escaped, ``\\x1b``.
+
+    Errors and progress can quote the Chouette API (reason phrases, login answers): such
+    text must not move the cursor, recolour or rewrite what ``status`` and ``watch`` show.
+    """
+    out = []
+    for ch in " ".join(text.split()):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp"):
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def plain(value: Any) -> Any:
@@ -86,8 +104,8 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, dt.datetime):
         return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)
-    return str(value)
+        return ",".join(printable(str(v)) for v in value)
+    return printable(str(value))
 
 
 def duration(seconds: Any) -> str | None:
@@ -286,7 +304,7 @@ def request_text(req: Row, ev: Row | None) -> str:
         f"created   {fmt(req['created_at'])}   finished {fmt(req['finished_at'])}",
     ]
     if req["error"]:
-        lines.append(f"error     {req['error']}")
+        lines.append(f"error     {printable(req['error'])}")
     if ev is not None:
         lines += ["", evaluation_text(ev)]
     return "\n".join(lines)
@@ -295,7 +313,7 @@ def request_text(req: Row, ev: Row | None) -> str:
 def _one_line(text: str | None, width: int) -> str | None:
     if not text:
         return None
-    line = " ".join(text.split())
+    line = printable(text)
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
@@ -357,7 +375,7 @@ class ProgressView:
         if (frac := fraction(progress)) is not None:
             text = f"{stage:<10} {bar(*frac)}"
         else:
-            text = f"{stage:<10} {progress or ''}".rstrip()
+            text = f"{stage:<10} {printable(progress or '')}".rstrip()
         self.show(stage, text)
 
     def epoch(self, last_epoch: Row | None, epoch_total: int | None) -> None:

@@ -20,6 +20,7 @@ from shared.cli import queries
 from shared.cli.app import OK
 from shared.cli.parser import UsageError
 from shared.cli.render import fmt, later_differs, later_range_sentence
+from shared.cli.submit import parse_model_id
 from shared.settings import Settings
 
 Row = dict[str, Any]
@@ -28,10 +29,7 @@ Row = dict[str, Any]
 async def run_report(args: argparse.Namespace, settings: Settings) -> int:
     from shared.cli.commands import open_pool
 
-    try:
-        model_id = int(args.model)
-    except ValueError:
-        raise UsageError(f"MODEL: expected a model id, got {args.model!r}") from None
+    model_id = parse_model_id(args.model, "MODEL")
     async with open_pool(settings) as pool:
         model = await queries.model(pool, model_id)
         if model is None:
@@ -39,7 +37,13 @@ async def run_report(args: argparse.Namespace, settings: Settings) -> int:
         epochs = await queries.epochs(pool, model_id)
         evaluations = await queries.evaluations_of_model(pool, model_id)
     out = Path(args.out or f"reports/model-{model_id}")
-    paths = write_report(model, epochs, evaluations, out)
+    try:
+        paths = write_report(model, epochs, evaluations, out)
+    except OSError as exc:  # /proc/x, an existing file, a path under a file, no permission
+        where = exc.filename or out
+        raise UsageError(
+            f"--out: cannot write the report to {where}: {exc.strerror or exc}"
+        ) from None
     for path in paths:
         print(path)
     test, later = held_out_evaluation(model, evaluations), later_evaluation(model, evaluations)

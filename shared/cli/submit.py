@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import ValidationError
 
 from shared.cli.parser import UsageError
-from shared.messages import EvaluationRequested, Message, TrainingRequested
+from shared.messages import MAX_BIGINT, EvaluationRequested, Message, TrainingRequested
 
 # Message field (dotted, as first_error writes it) → the flag that fills it.
 FLAGS: dict[str, str] = {
@@ -31,6 +31,7 @@ FLAGS: dict[str, str] = {
 _TRAINING_FLAGS = (
     "epochs",
     "batch_size",
+    "min_images_per_epoch",
     "image_size",
     "learning_rate",
     "optimizer",
@@ -90,19 +91,33 @@ def evaluation_request(
         dataset = _dataset(args)
         if "tags" not in dataset and model_tags:
             dataset["tags"] = list(model_tags)
+        elif model_tags:
+            _check_model_knows(dataset["tags"], model_tags, fields["model_id"])
         fields["dataset"] = dataset
     elif args.tags is not None:
         raise UsageError("--tags: only with --start-date/--end-date")
     return _validated(EvaluationRequested, fields)
 
 
-def parse_model_id(text: str) -> int:
+def _check_model_knows(tags: str, model_tags: tuple[str, ...], model_id: int) -> None:
+    """A model scores only its own classes: images of another tag would be left out of the
+    figures without a word (and the macro F1 computed over fewer classes), so refuse them."""
+    asked = [t.strip() for t in str(tags).split(",") if t.strip()]
+    unknown = [t for t in asked if t not in model_tags]
+    if unknown:
+        raise UsageError(
+            f"--tags (dataset.tags): model {model_id} was trained on {','.join(model_tags)}"
+            f" only; it cannot score {','.join(unknown)} (leave --tags out for its classes)"
+        )
+
+
+def parse_model_id(text: str, flag: str = "--model") -> int:
     try:
         value = int(text)
     except ValueError:
-        raise UsageError(f"--model: expected a positive integer model id, got {text!r}") from None
-    if value <= 0:
-        raise UsageError(f"--model: expected a positive model id, got {value}")
+        raise UsageError(f"{flag}: expected a positive integer model id, got {text!r}") from None
+    if not 0 < value <= MAX_BIGINT:
+        raise UsageError(f"{flag}: expected a model id from 1 to {MAX_BIGINT}, got {value}")
     return value
 
 
@@ -131,6 +146,10 @@ def describe(exc: ValidationError) -> str:
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "request"
     reason = err["msg"].removeprefix("Value error, ")
+    # A check across fields names the field it is about: "dataset.tags: reason".
+    named, sep, rest = reason.partition(": ")
+    if sep and (named in FLAGS or named.startswith("training.")):
+        field, reason = named, rest
     flag = FLAGS.get(field) or (
         "--" + field.removeprefix("training.").replace("_", "-")
         if field.startswith("training.")

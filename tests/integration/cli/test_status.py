@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
 
 from shared import db
 from shared.cli.parser import UsageError
+from shared.messages import (
+    MAX_ERROR_CHARS,
+    DatasetReady,
+    EvaluationRequested,
+    ModelReady,
+    TrainingParams,
+)
 from shared.settings import Settings
 from tests.integration.cli import seed
 from tests.integration.cli.helpers import chouette
@@ -109,3 +117,61 @@ async def test_report_writes_curves_confusion_matrix_and_summary(
     assert str(curves) in capsys.readouterr().out
     with pytest.raises(UsageError, match="no model"):
         await chouette(settings, "report", "999")
+
+
+@pytest.mark.parametrize("where", ["/proc/x", "a file", "under a file"])
+async def test_report_to_a_place_it_cannot_write_is_one_line(
+    where: str, settings: Settings, pool: db.Pool, tmp_path: Path
+) -> None:
+    _, model_id, _ = await seed.finished_model(pool, 0.75)
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    out = {"/proc/x": "/proc/x", "a file": str(existing), "under a file": f"{existing}/report"}
+    with pytest.raises(UsageError, match=r"^--out: cannot write the report to .*: "):
+        await chouette(settings, "report", str(model_id), "--out", out[where])
+    assert existing.read_text() == "mine"
+
+
+def _body(kind: str, request_id: uuid.UUID) -> bytes:
+    if kind == "fetcher":
+        return EvaluationRequested(request_id=request_id, model_id=3).to_json()
+    if kind == "trainer":
+        return DatasetReady(
+            request_id=request_id,
+            purpose="training",
+            dataset_id=5,
+            training=TrainingParams(architecture="ResNet50"),
+        ).to_json()
+    if kind == "evaluator":
+        return ModelReady(request_id=request_id, model_id=4, dataset_id=5).to_json()
+    return b"[" * 2000 + "\x00\ud800".encode(errors="surrogatepass")
+
+
+@pytest.mark.parametrize(("queue", "kind"), [
+    ("fetcher", "evaluation"), ("trainer", "training"), ("evaluator", "training"),
+    ("garbage", "training"),
+])  # fmt: skip
+async def test_a_failed_request_with_no_row_is_shown_by_status(
+    queue: str, kind: str, settings: Settings, pool: db.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A message for a request nobody recorded (published by hand, its row deleted): the
+    service that fails it records the request, so `chouette status ID` says why."""
+    request_id = uuid.uuid4()
+    await db.record_failure(
+        pool,
+        request_id=request_id,
+        queue=queue,
+        stage="evaluating",
+        error=f"dataset 5 does not exist {'x' * 100_000}",
+        body=_body(queue, request_id),
+    )
+    assert await chouette(settings, "status", str(request_id)[:13]) == 0
+    text = capsys.readouterr().out
+    assert f"request   {request_id} ({kind}" in text
+    assert "failed" in text and "dataset 5 does not exist xxx" in text
+    row = await pool.fetchrow("SELECT * FROM training_requests WHERE id = $1", request_id)
+    assert (row["status"], row["stage"]) == ("failed", "evaluating")
+    assert len(row["error"]) == MAX_ERROR_CHARS  # the error is cut, in both tables
+    failure = await pool.fetchrow("SELECT * FROM failures WHERE request_id = $1", request_id)
+    assert len(failure["error"]) == MAX_ERROR_CHARS
+    assert len(failure["body"]) <= 10_000

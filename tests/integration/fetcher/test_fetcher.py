@@ -165,6 +165,18 @@ async def test_empty_tag_fails_naming_tag_and_range(
     assert simulator.stats["downloads"] == 0
 
 
+async def test_more_images_than_the_cap_fails_naming_the_setting_before_downloading(
+    pool: db.Pool, client: ChouetteClient, simulator: SimulatorHandle
+) -> None:
+    simulator.set_faults(missing_link_rate=0.0)
+    capped = FetcherHandler(pool, client, fetcher_settings(max_dataset_images=20))
+    with pytest.raises(
+        PermanentError, match=r"21 images listed .*FETCHER_MAX_DATASET_IMAGES \(20\)"
+    ):
+        await capped(training())
+    assert simulator.stats["downloads"] == 0
+
+
 async def test_all_images_rejected_fails_with_the_reasons(
     handler: FetcherHandler, simulator: SimulatorHandle
 ) -> None:
@@ -181,7 +193,7 @@ async def test_credentials_rejected_propagates(
         await handler(training())
 
 
-async def _insert_model(pool: db.Pool, dataset_id: int) -> int:
+async def _insert_model(pool: db.Pool, dataset_id: int, classes: list[str] | None = None) -> int:
     rid = uuid.uuid4()
     await db.ensure_request(pool, rid, "training", {"note": "test"})
     return int(
@@ -191,7 +203,7 @@ async def _insert_model(pool: db.Pool, dataset_id: int) -> int:
             " RETURNING id",
             rid,
             dataset_id,
-            ["vine", "ground", "grass"],
+            classes or ["vine", "ground", "grass"],
             [64, 64, 3],
         )
     )
@@ -223,6 +235,18 @@ async def test_evaluation_on_another_range(
     )
     assert (ready.purpose, ready.split) == ("evaluation", "all")
     assert ready.dataset_id != trained.dataset_id
+
+
+async def test_evaluation_with_tags_the_model_does_not_know_fails_before_fetching(
+    handler: FetcherHandler, pool: db.Pool, simulator: SimulatorHandle
+) -> None:
+    trained = await handler(training(DatasetSpec(**{**dict(WEEK), "tags": ("vine", "grass")})))
+    model_id = await _insert_model(pool, trained.dataset_id, ["vine", "grass"])
+    listings = simulator.stats["listing"]
+    msg = EvaluationRequested(request_id=uuid.uuid4(), model_id=model_id, dataset=WEEK)
+    with pytest.raises(PermanentError, match=r"trained on vine,grass only; it cannot score ground"):
+        await handler(msg)
+    assert simulator.stats["listing"] == listings
 
 
 async def test_evaluation_of_an_unknown_model(handler: FetcherHandler) -> None:

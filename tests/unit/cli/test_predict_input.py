@@ -63,3 +63,35 @@ def test_native_stderr_is_held_and_shown_only_on_failure(
         os.write(2, b"E0000 failed call to cuInit\n")
         raise RuntimeError("model failed")
     assert "failed call to cuInit" in capfd.readouterr().err
+
+
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG that claims ``width`` x ``height`` pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+@pytest.mark.parametrize("side", [20_000, 10_000])  # above twice Pillow's limit, and between
+def test_a_decompression_bomb_is_refused_in_one_line(
+    side: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://x:x@127.0.0.1:9/none")
+    bomb = _png_header(tmp_path / "bomb.png", side, side)
+    assert main(["predict", "--model", "1", str(bomb)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"bomb.png: too large to decode ({side} x {side} pixels" in err

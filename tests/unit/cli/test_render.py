@@ -172,3 +172,29 @@ def test_evaluation_says_how_many_training_images_were_left_out() -> None:
     assert render.evaluation_json(ev)["n_excluded"] == 35  # type: ignore[index]
     ev["n_excluded"] = 0
     assert render.evaluation_text(ev).splitlines()[0].endswith("(all split, 120 images)")
+
+
+def test_text_from_the_api_cannot_drive_the_terminal() -> None:
+    from shared.cli import queries
+    from shared.cli.follow import event_text
+    from shared.cli.render import printable, request_text, requests_table
+
+    hostile = "listing failed: HTTP 502 \x1b[2J\x1b]0;owned\x07Bad\u202eGateway\r\nretry"
+    assert printable(hostile) == (
+        "listing failed: HTTP 502 \\x1b[2J\\x1b]0;owned\\x07Bad\\u202eGateway retry"
+    )
+    req = {
+        "request_id": "7d0c2a9e-0000-0000-0000-000000000000", "kind": "training",
+        "status": "failed", "stage": "fetching", "progress": "fetching 1/2\x1b[1A",
+        "error": hostile, "params": {}, "dataset_id": None, "model_id": None,
+        "evaluation_id": None, "created_at": None, "finished_at": None,
+        "architecture": "ResNet50", "age_seconds": 1.0, "run_seconds": None,
+    }  # fmt: skip
+    shown = [
+        request_text(req, None),
+        requests_table([req]),
+        event_text(queries.REQUESTS, req),
+    ]
+    for text in shown:
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text, text
+        assert "\r" not in text

@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import tracemalloc
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
 from services.fetcher.client import ChouetteClient, parse_retry_after, parse_timestamp
 from services.fetcher.validation import ImageRejected, validate_image
@@ -390,3 +392,56 @@ async def test_allow_private_hosts_lets_it_through(open_client: ClientFactory) -
         link = (await first_link(client)).replace("127.0.0.1", "localhost", 1)
         download = await client.download(link)
     assert download.data.startswith(b"\xff\xd8")
+
+
+# -- bounded answers -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def oversized_api() -> AsyncIterator[TestServer]:
+    """An API whose login and listing answers are far larger than any real one."""
+    import gzip
+
+    from aiohttp import web
+
+    huge = b"[" + b'{"media": "/m/x.jpg"},' * 200_000 + b"{}]"  # ~4.6 MB of JSON
+    bomb = gzip.compress(huge, compresslevel=9)  # a few kB on the wire
+
+    async def login(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"token": "' + b"t" * 1_000_000 + b'"}')
+
+    async def listing(request: web.Request) -> web.Response:
+        if request.query["tag"] == "grass":  # plain, with its Content-Length
+            return web.Response(body=huge, content_type="application/json")
+        return web.Response(
+            body=bomb, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
+
+    app = web.Application()
+    app.router.add_post("/api/users/auth/", login)
+    app.router.add_get("/api/jobs/get-images/", listing)
+    async with TestServer(app) as server:
+        yield server
+
+
+@pytest.mark.parametrize("tag", ["vine", "grass"])  # compressed on the wire, and plain
+async def test_a_listing_above_the_cap_is_refused_naming_the_setting(
+    oversized_api: TestServer, tag: str
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        client = ChouetteClient(
+            session,
+            api_url=str(oversized_api.make_url("/")),
+            settings=fetcher_settings(max_listing_bytes=1_000_000),
+        )
+        with pytest.raises(PermanentError, match=r"FETCHER_MAX_LISTING_BYTES \(1000000"):
+            await client.list_images(tag, START, END)
+
+
+async def test_a_login_answer_above_the_cap_is_refused(oversized_api: TestServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        client = ChouetteClient(
+            session, api_url=str(oversized_api.make_url("/")), username="u", password="p"
+        )
+        with pytest.raises(PermanentError, match=r"login at .*: the body is \d+ bytes, above"):
+            await client.list_images("vine", START, END)

@@ -145,3 +145,15 @@ def test_bad_bodies_raise_invalid_message(body: bytes, text: str) -> None:
 
 def test_dates_are_real_dates() -> None:
     assert spec().start_date == dt.date(2021, 5, 1)
+
+
+def test_a_failure_text_is_cut_to_a_bounded_length() -> None:
+    import uuid
+
+    from shared.messages import MAX_ERROR_CHARS, RequestFailed
+
+    long = RequestFailed(request_id=uuid.uuid4(), stage="fetching", error="x" * 1_000_000)
+    assert len(long.error) == MAX_ERROR_CHARS
+    assert long.error.endswith("more characters)")
+    short = RequestFailed(request_id=uuid.uuid4(), stage="fetching", error="HTTP 502")
+    assert short.error == "HTTP 502"

@@ -102,3 +102,15 @@ def test_every_setting_is_documented_in_config_example() -> None:
             if f"{prefix}{name}".upper() not in documented
         ]
     assert not missing
+
+
+@pytest.mark.parametrize("prefix", ["FETCHER", "TRAINER", "EVALUATOR"])
+def test_a_prefetch_below_one_is_refused(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from shared.settings import EvaluatorSettings, FetcherSettings, TrainerSettings
+
+    kind = {"FETCHER": FetcherSettings, "TRAINER": TrainerSettings}.get(prefix, EvaluatorSettings)
+    monkeypatch.setenv(f"{prefix}_PREFETCH", "0")
+    with pytest.raises(ValidationError, match="prefetch"):
+        kind(_env_file=None)  # type: ignore[call-arg]

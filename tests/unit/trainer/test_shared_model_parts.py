@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.trainer.dataset import Split, class_weights, training_dataset
+from services.trainer.dataset import (
+    Split,
+    class_weights,
+    passes_per_epoch,
+    steps_per_epoch,
+    training_dataset,
+)
 from shared import weight_store
 from shared.images import decode_and_resize, decode_image, image_dataset, tf_decodable
 from shared.modeling import (
@@ -205,6 +211,25 @@ def test_training_dataset_batches_shuffles_and_augments() -> None:
     assert not np.allclose(first, unaugmented)
     assert not np.allclose(first, second)  # new variants every epoch
     assert first.min() >= -1e-3 and first.max() <= 255.0 + 1e-3
+
+
+def test_a_small_split_is_shown_several_times_per_epoch_in_new_orders() -> None:
+    assert passes_per_epoch(40, 0) == 1 and passes_per_epoch(40, 40) == 1
+    assert passes_per_epoch(40, 41) == 2 and passes_per_epoch(40, 160) == 4
+    assert passes_per_epoch(400, 160) == 1
+    assert steps_per_epoch(40 * passes_per_epoch(40, 160), 16) == 10
+
+    classes = ("vine", "ground", "grass")
+    rows = [(photo(t, i, width=40, height=30), t, "JPEG") for t in classes for i in range(3)]
+    split = Split.from_rows(rows, classes)
+    ds = training_dataset(split, 32, len(split), augment=False, seed=3, passes=3)
+    passes = [x.numpy().reshape(len(split), -1).sum(axis=1) for x, _ in ds]
+    assert len(passes) == 3  # one batch per pass here: the epoch is 3 x 9 images
+    for shown in passes:  # every pass shows every image once
+        np.testing.assert_allclose(np.sort(shown), np.sort(passes[0]))
+    assert len({tuple(np.argsort(shown)) for shown in passes}) > 1  # in a new order
+    labels = np.concatenate([y.numpy() for _, y in ds])
+    assert np.bincount(labels).tolist() == [9, 9, 9]
 
 
 def test_augmented_training_data_is_reproducible_from_the_seed() -> None:
