@@ -4,14 +4,13 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 
-# Dependency layer: rebuilt only when pyproject.toml changes, not when the code does.
-COPY pyproject.toml README.md ./
-RUN mkdir -p shared services \
-    && touch shared/__init__.py services/__init__.py \
-    && pip install . \
-    && pip uninstall -y chouette-pipeline
+# Dependency layer: the locked versions and files (sha256-checked, requirements.lock from
+# `make lock`), rebuilt only when the lock changes, not when the code does.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 
-# Code layer.
+# Code layer: the project alone, nothing more resolved.
+COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
 RUN pip install --no-deps . && useradd --create-home --uid 10001 chouette

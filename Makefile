@@ -7,22 +7,31 @@ CHOUETTE := $(VENV)/bin/chouette
 # A Docker engine, when one runs, provides RabbitMQ and PostgreSQL; otherwise system binaries.
 DOCKER := $(shell docker info >/dev/null 2>&1 && echo yes)
 
-.PHONY: help venv demo test test-load test-fast lint bench services-up services-down compose-check clean
+.PHONY: help venv lock demo test test-load test-fast lint bench services-up services-down compose-check clean
 
 help:
 	@echo "make demo   - set up, train and evaluate a model on the simulator, print the results"
 	@echo "make test   - set up, then run the whole test suite (unit, integration, e2e, faults)"
 	@echo "make test-load - the load test alone (50 requests, two trainers), with its figures"
 	@echo "make lint   - ruff + mypy"
+	@echo "make lock   - re-resolve the dependencies into requirements*.lock"
 	@echo "make bench  - run every benchmark in bench/"
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the locked versions and files (requirements-dev.lock, sha256-checked), then the
+# project itself without resolving anything more.
+$(VENV)/.installed: pyproject.toml requirements-dev.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes -r requirements-dev.lock
+	$(PY) -m pip install -q --no-deps -e .
 	@touch $@
+
+# Re-resolve pyproject.toml's dependencies into requirements.lock and requirements-dev.lock
+# (.ci/lock.py; run on Linux x86_64 with Python 3.11, the image's platform).
+lock: venv
+	$(PY) .ci/lock.py
 
 # Debian packages for the local servers (installed only when root and missing).
 system-deps: venv

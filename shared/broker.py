@@ -81,7 +81,7 @@ class FailureSink(Protocol):
 class Broker:
     """One robust connection per process; one channel for publishing, one per consumer."""
 
-    url: str
+    url: str = field(repr=False)  # holds the password
     namespace: str = "chouette"
     delivery_limit: int = 5
     heartbeat: int = 30

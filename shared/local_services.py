@@ -13,7 +13,10 @@ as root, each server runs as its own system user.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import pwd
@@ -131,6 +134,29 @@ def ensure_binaries() -> None:
         _apt_install(missing)
 
 
+def _psql_quote(value: str) -> str:
+    """A psql meta-command argument holding exactly ``value`` (quotes, backslashes and
+    newlines included): single-quoted, ``'`` doubled, ``\\`` and line breaks escaped."""
+    escaped = value.replace("\\", "\\\\").replace("'", "''")
+    escaped = escaped.replace("\n", "\\n").replace("\r", "\\r")
+    return f"'{escaped}'"
+
+
+def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier of ``password`` (what ``pg_authid`` stores), or
+    ``""`` for a password that is not pure ASCII: the server normalises those (SASLprep)
+    before hashing, which this does not reproduce; they are then sent as they are."""
+    if not password.isascii():
+        return ""
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
 # -- PostgreSQL ------------------------------------------------------------------------------
 
 
@@ -139,7 +165,7 @@ class PostgresServer:
     data_dir: Path
     port: int = 5432
     user: str = "chouette"
-    password: str = "chouette"
+    password: str = field(default="chouette", repr=False)
     database: str = "chouette"
     superuser: bool = False  # the test suite's role creates databases and extensions
     durable: bool = True  # tests turn fsync off: faster, and their data is thrown away
@@ -172,13 +198,18 @@ class PostgresServer:
         )
 
     def _psql(self, sql: str, *, dbname: str = "postgres", **variables: str) -> str:
-        """Run SQL as the superuser; values go in as psql variables (:'v' literal, :"v" name)."""
-        args = [f"--set={name}={value}" for name, value in variables.items()]
+        """Run SQL as the superuser; values go in as psql variables (:'v' literal, :"v" name).
+
+        The variables are set by ``\\set`` lines on standard input, never on the command
+        line: a password there would be visible to every user in ``ps`` and would appear in
+        the ``CalledProcessError`` that ``chouette services up`` prints.
+        """
+        script = "".join(f"\\set {k} {_psql_quote(v)}\n" for k, v in variables.items())
         out = subprocess.run(
             [*_as_user("postgres"), pg_bin("psql"), "-h", str(self._socket_dir),
              "-p", str(self.port), "-U", "postgres", "-d", dbname, "-v", "ON_ERROR_STOP=1",
-             "-tA", *args],
-            input=sql, check=True, capture_output=True, text=True,
+             "-tA"],
+            input=script + sql, check=True, capture_output=True, text=True,
         )  # fmt: skip
         return out.stdout.strip()
 
@@ -214,7 +245,10 @@ class PostgresServer:
         self._ensure_role_and_database()
 
     def _ensure_role_and_database(self) -> None:
-        names = {"user": self.user, "password": self.password, "database": self.database}
+        # The server stores a SCRAM verifier; computed here, the password itself never
+        # reaches the server (its logs, pg_stat_activity) nor psql.
+        secret = scram_verifier(self.password) or self.password
+        names = {"user": self.user, "password": secret, "database": self.database}
         exists = self._psql("SELECT 1 FROM pg_roles WHERE rolname = :'user';", **names)
         verb = "ALTER" if exists else "CREATE"
         power = "SUPERUSER" if self.superuser else "CREATEDB"
@@ -254,7 +288,7 @@ class RabbitServer:
     base_dir: Path
     port: int = 5672
     user: str = "chouette"
-    password: str = "chouette"
+    password: str = field(default="chouette", repr=False)
     vhost: str = "/"
     consumer_timeout_ms: int = 7 * 3600 * 1000
     # How often a channel checks its consumers' timeouts (RabbitMQ's default: a minute).
@@ -321,7 +355,12 @@ class RabbitServer:
         for sub in ("mnesia", "log"):
             (base / sub).mkdir(parents=True, exist_ok=True)
         _make_reachable(base)
-        (base / "rabbitmq.conf").write_text(
+        for name, value in (("user", self.user), ("password", self.password),
+                            ("vhost", self.vhost)):  # fmt: skip
+            if "\n" in value or "\r" in value:  # would add lines to rabbitmq.conf
+                raise ServiceError(f"the RabbitMQ {name} in AMQP_URL contains a line break")
+        _write_private(
+            base / "rabbitmq.conf",
             "\n".join(
                 [
                     f"listeners.tcp.1 = 127.0.0.1:{self.port}",
@@ -339,14 +378,13 @@ class RabbitServer:
                     "log.file.level = warning",
                     "",
                 ]
-            )
+            ),
         )
         (base / "enabled_plugins").write_text("[].\n")
         advanced = "[]"
         if self.channel_tick_ms is not None:
             advanced = f"[{{rabbit, [{{channel_tick_interval, {self.channel_tick_ms}}}]}}]"
         (base / "advanced.config").write_text(f"{advanced}.\n")
-        (base / "rabbitmq.conf").chmod(0o600)
         _chown(base, "rabbitmq")
 
     def start(self, timeout: float = 90.0) -> None:
@@ -429,6 +467,18 @@ class RabbitServer:
         except Exception as exc:
             self.last_error = repr(exc)
             return False
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file that holds a secret: mode 0600 from its creation (and before any byte of
+    it is written when it already existed), never readable by others in between."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", closefd=False) as out:
+            out.write(text)
+    finally:
+        os.close(fd)
 
 
 def _pgid_alive(pgid: int) -> bool:

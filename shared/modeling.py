@@ -15,7 +15,7 @@ Initial weights: ``"none"`` trains from scratch, ``"imagenet"`` loads Keras's Im
 file of the base through ``keras.utils.get_file`` (the cache, ``$KERAS_HOME/models`` by
 default, then ``TRAINER_WEIGHTS_SOURCE``; names and hashes in ``shared.pretrained``), any
 other value is a local weights file for the base (a Keras ``*_notop.h5`` or a
-``.weights.h5`` of the same base).
+``.weights.h5`` of the same base) under ``TRAINER_WEIGHTS_DIR`` (``shared.weight_files``).
 
 TensorFlow is imported on first use of :func:`build_model`.
 """
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared import pretrained
+from shared import pretrained, weight_files
 from shared.errors import PermanentError
 from shared.messages import ARCHITECTURES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Architecture
 
@@ -130,6 +130,10 @@ def _imagenet_weights(architecture: str) -> str:
             f"the ImageNet weights cache {directory} cannot be created ({exc}):"
             f" set {pretrained.CACHE_SETTING} or KERAS_HOME to a directory of this service"
         ) from None
+    try:
+        pretrained.check_private(directory)
+    except pretrained.UnsafeCache as exc:
+        raise WeightsUnavailable(str(exc)) from None
     if not writable:
         if pretrained.is_valid(path, entry):
             return str(path)
@@ -167,12 +171,15 @@ def _base_weights(spec: ModelSpec) -> str | None:
         return None
     if spec.weights == "imagenet":
         return _imagenet_weights(spec.architecture)
-    path = Path(spec.weights).expanduser()
-    if not path.is_file():
+    from shared.settings import TrainerSettings
+
+    try:
+        path = weight_files.allowed_weights_file(spec.weights, TrainerSettings().weights_dir)
+    except weight_files.WeightsFileRefused as exc:
         raise WeightsUnavailable(
-            f"weights file {spec.weights} does not exist on the trainer's machine"
-            f" ({socket.gethostname()}): --weights PATH is read by the trainer, not the CLI"
-        )
+            f"{exc} on the trainer's machine ({socket.gethostname()}): --weights PATH is"
+            " read by the trainer, not the CLI"
+        ) from None
     return str(path)
 
 

@@ -14,7 +14,8 @@ The trainer (``shared.modeling.build_model``) and ``chouette weights pull`` shar
   serving the same file names, or a local directory holding them;
 * the **cache** (``TRAINER_WEIGHTS_CACHE_DIR``, default ``$KERAS_HOME/models``, with
   ``KERAS_HOME`` defaulting to ``~/.keras``): never a shared place such as
-  ``/tmp/.keras``, where another user could plant a file.
+  ``/tmp/.keras``, where another user could plant a file (:func:`check_private` refuses
+  a cache that another user owns or could write to).
 
 This module imports neither TensorFlow nor Keras: ``chouette weights`` stays fast.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -48,6 +50,10 @@ class UnknownArchitecture(PretrainedError, ValueError):
 
 class DownloadFailed(PretrainedError):
     """The source did not deliver the file (unreachable, missing, interrupted)."""
+
+
+class UnsafeCache(PretrainedError):
+    """The cache is in a place other users can write to: a file there cannot be trusted."""
 
 
 class ChecksumMismatch(PretrainedError):
@@ -105,6 +111,32 @@ def default_cache_dir() -> Path:
 def cache_dir(configured: str | Path = "") -> Path:
     """The configured cache directory (``TRAINER_WEIGHTS_CACHE_DIR``) or Keras's."""
     return Path(configured).expanduser() if str(configured) else default_cache_dir()
+
+
+def check_private(directory: Path) -> None:
+    """Raise :class:`UnsafeCache` unless only this user (or root) can change ``directory``.
+
+    Keras's md5 digests do not stop a planted file (md5 collisions are cheap), so the
+    cache must not be writable by others: the directory and each of its parents must
+    belong to this user or root and must not be writable by everyone, except a parent
+    with the sticky bit (``/tmp``), where others cannot replace what is not theirs.
+    """
+    path = directory.resolve()
+    me = os.geteuid()
+    advice = f"set {CACHE_SETTING} or KERAS_HOME to a directory of this service"
+    for place in (path, *path.parents):
+        info = place.stat()
+        if info.st_uid not in (me, 0):
+            raise UnsafeCache(
+                f"the weights cache {path} is not safe: {place} belongs to another user"
+                f" (uid {info.st_uid}); {advice}"
+            )
+        others_write = info.st_mode & stat.S_IWOTH
+        if others_write and (place == path or not info.st_mode & stat.S_ISVTX):
+            raise UnsafeCache(
+                f"the weights cache {path} is not safe: {place} is writable by every user"
+                f" (mode {stat.S_IMODE(info.st_mode):o}); {advice}"
+            )
 
 
 def is_url(source: str) -> bool:
@@ -166,13 +198,14 @@ def pull(
     Raises :class:`DownloadFailed` or :class:`ChecksumMismatch`.
     """
     target = directory / entry.file_name
-    if is_valid(target, entry):
-        return target, False
-    url = origin(source, entry.file_name)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DownloadFailed(f"cannot create the cache directory {directory}: {exc}") from None
+    check_private(directory)  # before trusting a file found there
+    if is_valid(target, entry):
+        return target, False
+    url = origin(source, entry.file_name)
     partial = directory / f".{entry.file_name}.{os.getpid()}.part"
     digest = hashlib.new(entry.algorithm)
     try:

@@ -8,9 +8,9 @@ line. URLs that embed a password are shown through :func:`redact_url`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,14 +26,25 @@ def _config(prefix: str = "") -> SettingsConfigDict:
     )
 
 
+# scheme://user:password@ — the password up to the *last* "@": generated passwords often
+# hold "/", "#", "?" or "@" unencoded, which end the netloc for urlsplit and would leave
+# them shown. Over-redacting (an "@" further on in a query) is the safe side.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*):(.*)@", re.DOTALL)
+# Secrets given as query parameters (libpq's ?password=, ?sslpassword=, tokens).
+_SECRET_PARAM = re.compile(
+    r"([?&;](?:password|passwd|pass|pwd|sslpassword|secret|token|api_key)=)[^&;#]*",
+    re.IGNORECASE,
+)
+
+
 def redact_url(url: str | SecretStr) -> str:
-    """``amqp://user:secret@host/`` → ``amqp://user:***@host/`` (safe to log)."""
+    """``amqp://user:secret@host/`` → ``amqp://user:***@host/`` (safe to log).
+
+    Also ``?password=…`` and similar query parameters → ``?password=***``.
+    """
     raw = url.get_secret_value() if isinstance(url, SecretStr) else url
-    parts = urlsplit(raw)
-    if parts.password is None:
-        return raw
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    redacted = _USERINFO.sub(r"\1:***@", raw, count=1)
+    return _SECRET_PARAM.sub(r"\1***", redacted)
 
 
 class Settings(BaseSettings):
@@ -57,6 +68,10 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    # `chouette prune`: weights of models that are not champions go this many days after
+    # their training (shared/retention.py).
+    retention_weights_days: float = Field(30.0, ge=0)
 
     # Where `chouette services up` keeps RabbitMQ and PostgreSQL data.
     chouette_home: Path = Path(".chouette")
@@ -103,7 +118,8 @@ class TrainerSettings(BaseSettings):
     weight_part_bytes: int = 4 * 1024 * 1024
     gpu_mixed_precision: bool = True
     gpu_xla: bool = True
-    # Where tf.data caches decoded images ("" = in memory; a directory for large datasets).
+    # Where tf.data caches decoded images ("" = in memory; a directory for large datasets:
+    # one subdirectory per request, removed when its training ends; services/trainer/cache_dir.py).
     cache_dir: str = ""
     # A training's lease in Postgres, renewed every third of it while training: another
     # trainer given the same request waits instead of training it twice at once.
@@ -113,6 +129,9 @@ class TrainerSettings(BaseSettings):
     # Compiled networks kept between requests of the same shape (0: build each time);
     # saves tracing the training step again (ResNet50: 25-45 s on 2 CPU cores).
     model_cache: int = Field(2, ge=0)
+    # The only directory --weights PATH may name files in (*.h5, HDF5; a relative PATH is
+    # taken inside it). "" = --weights PATH refused (shared/weight_files.py).
+    weights_dir: str = ""
     # Where --weights imagenet comes from when it is not cached (shared.pretrained): Keras's
     # public URL, an http(s) mirror serving the same file names, or a local directory.
     weights_source: str = KERAS_BASE_URL

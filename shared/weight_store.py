@@ -446,7 +446,7 @@ async def read_weights_into(
 _MODEL_COLUMNS = (
     "id, request_id, dataset_id, architecture, hyperparams, class_names, input_shape, status,"
     " weights_sha256, weights_bytes, library_versions, train_seconds, images_per_second,"
-    " best_epoch, final_metrics, created_at, trained_at"
+    " best_epoch, final_metrics, created_at, trained_at, weights_pruned_at"
 )
 
 
@@ -496,6 +496,11 @@ async def load_model(
             raise CorruptWeights(f"model {model_id} is marked corrupt: its weights failed a check")
         if row["status"] != "trained":
             raise ModelNotReady(f"model {model_id} has no weights yet (status {row['status']})")
+        if row["weights_pruned_at"] is not None:
+            raise ModelNotReady(
+                f"model {model_id}'s weights were removed by `chouette prune` on"
+                f" {row['weights_pruned_at']:%Y-%m-%d}"
+            )
         spec = spec_from_row(row)
         started = time.monotonic()
         model = await asyncio.to_thread(build, spec)

@@ -208,7 +208,7 @@ class ChouetteClient:
             raise ValueError(f"CHOUETTE_AUTH must be auto, token or basic, not {auth!r}")
         self._auth_mode = auth
         self.settings = settings or FetcherSettings()
-        self.policy = policy or LinkPolicy([parts.hostname or ""])
+        self.policy = policy or LinkPolicy.for_api(self.api_url)
         self._sleep = sleep
         self._slots = asyncio.Semaphore(self.settings.concurrency)
         self._auth_header: str | None = None
@@ -221,8 +221,9 @@ class ChouetteClient:
         cls, settings: Settings, fetcher: FetcherSettings, *, sleep: Sleep = asyncio.sleep
     ) -> AsyncIterator[ChouetteClient]:
         """A client with its own session, connector and guarded resolver; closed on exit."""
-        api_host = urlsplit(settings.chouette_api_url).hostname or ""
-        policy = LinkPolicy([api_host], allow_private=fetcher.allow_private_hosts)
+        policy = LinkPolicy.for_api(
+            settings.chouette_api_url, allow_private=fetcher.allow_private_hosts
+        )
         connector = aiohttp.TCPConnector(
             limit=max(1, fetcher.concurrency), resolver=GuardedResolver(policy), ttl_dns_cache=60
         )

@@ -3,10 +3,11 @@
 A listing is data from the network: a link could point at ``file://``, at the cloud
 metadata service (169.254.169.254) or at a database on the fetcher's own network. Only
 http(s) links are fetched, and a link whose host is (or resolves to) a private, loopback,
-link-local or reserved address is refused, unless it is on the API's own host or
-``FETCHER_ALLOW_PRIVATE_HOSTS=true``. The check runs twice: on the URL before the request
-(IP literals) and in the connector's resolver at connection time (host names; this also
-defeats DNS answers that change between check and use).
+link-local or reserved address is refused, unless it is the API's own host *on the API's
+port* or ``FETCHER_ALLOW_PRIVATE_HOSTS=true`` (false by default, docker-compose included).
+The check runs twice: on the URL before the request (IP literals) and in the connector's
+resolver at connection time (host names; this also defeats DNS answers that change between
+check and use).
 """
 
 from __future__ import annotations
@@ -64,15 +65,36 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
-class LinkPolicy:
-    """Which links may be fetched (see the module docstring)."""
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
-    def __init__(self, trusted_hosts: Iterable[str], *, allow_private: bool = False) -> None:
-        self.trusted_hosts = {h.lower().strip("[]") for h in trusted_hosts if h}
+
+def endpoint(url: str) -> tuple[str, int]:
+    """``(host, port)`` of an http(s) URL, the scheme's default port filled in."""
+    parts = urlsplit(url)
+    port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)
+    return (parts.hostname or "").lower().strip("[]"), port
+
+
+class LinkPolicy:
+    """Which links may be fetched (see the module docstring).
+
+    ``trusted`` are ``(host, port)`` pairs: the API's own host is trusted on the API's port
+    only, so that a listing cannot send the fetcher to another service on that host (a
+    database, a metrics port) by changing the port.
+    """
+
+    def __init__(
+        self, trusted: Iterable[tuple[str, int]] = (), *, allow_private: bool = False
+    ) -> None:
+        self.trusted = {(h.lower().strip("[]"), int(p)) for h, p in trusted if h}
         self.allow_private = allow_private
 
-    def host_allowed(self, host: str, addresses: Iterable[str]) -> bool:
-        if self.allow_private or host.lower().strip("[]") in self.trusted_hosts:
+    @classmethod
+    def for_api(cls, api_url: str, *, allow_private: bool = False) -> LinkPolicy:
+        return cls([endpoint(api_url)], allow_private=allow_private)
+
+    def host_allowed(self, host: str, port: int, addresses: Iterable[str]) -> bool:
+        if self.allow_private or (host.lower().strip("[]"), port) in self.trusted:
             return True
         return all(is_public_address(a) for a in addresses)
 
@@ -88,8 +110,9 @@ class LinkPolicy:
             raise UnsafeLink(f"scheme {parts.scheme or 'none'!r} is not http(s)")
         if not host:
             raise UnsafeLink("link without a host")
-        if _is_ip_literal(host) and not self.host_allowed(host, [host]):
-            raise UnsafeLink(f"{host} is a private or reserved address")
+        _, port = endpoint(url)
+        if _is_ip_literal(host) and not self.host_allowed(host, port, [host]):
+            raise UnsafeLink(f"{host}:{port} is a private or reserved address")
 
 
 class GuardedResolver(AbstractResolver):
@@ -103,7 +126,7 @@ class GuardedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        if not self._policy.host_allowed(host, (r["host"] for r in results)):
+        if not self._policy.host_allowed(host, port, (r["host"] for r in results)):
             raise UnsafeLink(f"{host} resolves to a private or reserved address")
         return results
 

@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from services.trainer import store
+from services.trainer.cache_dir import training_cache_dir
 from services.trainer.dataset import Split
 from services.trainer.recorder import LoopBridge, Recorder
 from services.trainer.training import (
@@ -174,24 +175,25 @@ class TrainerHandler:
                     mixed_precision=self.settings.gpu_mixed_precision,
                     xla=self.settings.gpu_xla,
                 )
-            job = Job(
-                spec=spec,
-                params=params,
-                train=train_split,
-                val=val_split,
-                history=history,
-                checkpoint_epoch=model_row.checkpoint_epoch,
-                max_seconds=max(0.0, self.settings.max_seconds - (time.monotonic() - started)),
-                cache_dir=self.settings.cache_dir,
-                accelerator=accelerator,
-                models=self.models,
-            )
-            if model_row.checkpoint_epoch:
-                logger.info(
-                    "model %d: resuming after epoch %d of %d",
-                    model_id, model_row.checkpoint_epoch, params.epochs,
-                )  # fmt: skip
-            outcome = await self._train_in_thread(job, msg, model_id)
+            with training_cache_dir(self.settings.cache_dir, msg.request_id) as cache_dir:
+                job = Job(
+                    spec=spec,
+                    params=params,
+                    train=train_split,
+                    val=val_split,
+                    history=history,
+                    checkpoint_epoch=model_row.checkpoint_epoch,
+                    max_seconds=max(0.0, self.settings.max_seconds - (time.monotonic() - started)),
+                    cache_dir=cache_dir,
+                    accelerator=accelerator,
+                    models=self.models,
+                )
+                if model_row.checkpoint_epoch:
+                    logger.info(
+                        "model %d: resuming after epoch %d of %d",
+                        model_id, model_row.checkpoint_epoch, params.epochs,
+                    )  # fmt: skip
+                outcome = await self._train_in_thread(job, msg, model_id)
             await self._finish(msg, model_id, outcome, hyperparams, versions)
             if outcome.model_key is not None and self.models is not None:
                 self.models.release(outcome.model_key, outcome.model)  # stored: reusable

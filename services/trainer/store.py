@@ -168,10 +168,16 @@ async def reopen_model(con: Executor, model_id: int) -> None:
     )
 
 
-async def mark_failed(con: Executor, model_id: int) -> None:
-    await con.execute(
-        "UPDATE models SET status = 'failed' WHERE id = $1 AND status = 'training'", model_id
-    )
+async def mark_failed(pool: asyncpg.Pool, model_id: int) -> None:
+    """A training that failed for good: its checkpoints (only useful to resume) go too."""
+    async with pool.acquire() as con, con.transaction():
+        status = await con.fetchval(
+            "UPDATE models SET status = 'failed' WHERE id = $1 AND status = 'training'"
+            " RETURNING status",
+            model_id,
+        )
+        if status is not None:
+            await con.execute("DELETE FROM model_checkpoints WHERE model_id = $1", model_id)
 
 
 async def finished_epochs(con: Executor, model_id: int, up_to: int) -> list[EpochResult]:

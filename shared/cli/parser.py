@@ -179,6 +179,9 @@ def build_parser() -> Parser:
     from shared.cli.weights import add_parser as add_weights_parser
 
     add_weights_parser(sub)
+    from shared.cli.prune import add_parser as add_prune_parser
+
+    add_prune_parser(sub)
     return parser
 
 

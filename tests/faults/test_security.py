@@ -79,3 +79,108 @@ def test_consumer_timeout_outlasts_the_trainer_limit() -> None:
     limit = TrainerSettings(_env_file=None).max_seconds  # type: ignore[call-arg]
     assert timeout_ms > limit * 1000
     assert consumer_timeout_ms(TrainerSettings(_env_file=None)) > limit * 1000  # type: ignore[call-arg]
+
+
+def test_private_hosts_are_refused_by_default_everywhere() -> None:
+    """``FETCHER_ALLOW_PRIVATE_HOSTS`` is false in the settings, the example and compose."""
+    from shared.settings import FetcherSettings
+
+    fields = FetcherSettings.model_fields
+    assert fields["allow_private_hosts"].default is False
+    example = (ROOT / "config.example.env").read_text()
+    assert re.search(r"^FETCHER_ALLOW_PRIVATE_HOSTS=false$", example, re.MULTILINE)
+    for name, service in _compose()["services"].items():
+        value = str((service.get("environment") or {}).get("FETCHER_ALLOW_PRIVATE_HOSTS", ""))
+        default = re.fullmatch(r"\$\{FETCHER_ALLOW_PRIVATE_HOSTS:-(\w*)\}", value)
+        effective = default.group(1) if default else value
+        assert effective.lower() in ("", "false", "0"), f"{name}: {value}"
+
+
+def test_compose_services_are_hardened() -> None:
+    """Health checks, no-new-privileges, capabilities dropped, memory limits: everywhere."""
+    for name, service in _compose()["services"].items():
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert service.get("cap_drop") == ["ALL"], name
+        assert set(service.get("cap_add", [])) <= {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID",
+                                                   "SETUID"}, name  # fmt: skip
+        if name not in ("rabbitmq", "postgres"):
+            assert not service.get("cap_add"), f"{name} runs as its own user: no capability"
+        assert re.fullmatch(r"\$\{\w+_MEMORY_LIMIT:-\d+[mg]\}", str(service.get("mem_limit"))), name
+        assert not service.get("privileged"), name
+
+
+def test_the_simulator_runs_only_in_the_demo_profile() -> None:
+    services = _compose()["services"]
+    assert services["simulator"].get("profiles") == ["demo"]
+    for name, service in services.items():
+        assert "simulator" not in (service.get("depends_on") or {}), name
+        if name != "simulator":
+            assert not service.get("profiles"), f"{name} must start without a profile"
+
+
+# Versions with no known advisory (Pillow's decoders and aiohttp's HTTP parser and client
+# read data from the network); raise them when a new advisory is published.
+MINIMUM_VERSIONS = {"pillow": (12, 3, 0), "aiohttp": (3, 14, 1)}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = [int(part) for part in re.findall(r"\d+", text)[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def test_dependencies_require_versions_past_known_advisories() -> None:
+    from importlib.metadata import version
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for name, minimum in MINIMUM_VERSIONS.items():
+        (spec,) = [d for d in config["project"]["dependencies"] if re.match(rf"{name}\b", d, re.I)]
+        lower = re.search(r">=\s*([\d.]+)", spec)
+        assert lower and _version(lower.group(1)) >= minimum, f"{spec}: at least {minimum}"
+        assert _version(version(name)) >= minimum, f"installed {name} {version(name)}"
+
+
+def _locked(name: str) -> dict[str, str]:
+    """``{normalized name: version}`` of a requirements lock file; every entry hashed."""
+    text = (ROOT / name).read_text()
+    entries = re.split(r"\n(?=[A-Za-z0-9])", re.sub(r"^#.*\n", "", text, flags=re.M).strip())
+    locked = {}
+    for entry in entries:
+        assert "--hash=sha256:" in entry, f"{name}: {entry.splitlines()[0]} has no hash"
+        package, version = entry.split()[0].split("==")
+        locked[re.sub(r"[-_.]+", "-", package).lower()] = version
+    return locked
+
+
+def test_locks_pin_every_dependency_with_hashes() -> None:
+    from packaging.requirements import Requirement
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    runtime, dev = _locked("requirements.lock"), _locked("requirements-dev.lock")
+    for lock, specs in (
+        (runtime, config["project"]["dependencies"]),
+        (
+            dev,
+            config["project"]["dependencies"] + config["project"]["optional-dependencies"]["dev"],
+        ),
+    ):
+        for spec in specs:
+            requirement = Requirement(spec)
+            name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+            assert name in lock, f"{name} is not locked"
+            assert requirement.specifier.contains(lock[name]), f"{name}=={lock[name]} vs {spec}"
+    assert all(dev.get(name) == version for name, version in runtime.items())
+    for name, minimum in MINIMUM_VERSIONS.items():
+        assert _version(runtime[name]) >= minimum, f"locked {name} {runtime[name]}"
+
+
+def test_image_and_ci_install_from_the_locks() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install --require-hashes -r requirements.lock" in dockerfile
+    assert re.search(r"pip install --no-deps \.", dockerfile)
+    assert "requirements.lock" not in (ROOT / ".dockerignore").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^\$\(VENV\)/\.installed:.*?(?=^\S)", makefile, re.M | re.S)
+    assert recipe and "--require-hashes -r requirements-dev.lock" in recipe.group(0)
+    assert "--no-deps -e ." in recipe.group(0)
+    assert "make test" in (ROOT / ".ci" / "run").read_text()  # which builds .venv as above

@@ -64,7 +64,7 @@ async def test_unusable_datasets_fail_with_a_clear_reason(pool: Any) -> None:
     missing = await create_dataset(pool, per_class=SMALL)
     with pytest.raises(PermanentError, match=r"ImageNet weights .* not in the Keras cache"):
         await handler(ready(missing, weights="imagenet"))
-    with pytest.raises(PermanentError, match="does not exist on the trainer's machine"):
+    with pytest.raises(PermanentError, match="--weights PATH is off on this trainer"):
         await handler(ready(missing, weights="/nonexistent/base.weights.h5"))
     assert await pool.fetchval("SELECT count(*) FROM models WHERE status = 'training'") == 0
 

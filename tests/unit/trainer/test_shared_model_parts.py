@@ -100,7 +100,10 @@ def test_imagenet_without_cache_is_a_clear_error(
         build_model(spec)
 
 
-def test_weights_path_loads_a_local_base_file(tmp_path: Path) -> None:
+def test_weights_path_loads_a_local_base_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRAINER_WEIGHTS_DIR", str(tmp_path))
     spec = ModelSpec(architecture="ResNet50V2", image_size=32, class_names=("a", "b"))
     source = build_model(spec)
     path = tmp_path / "base.weights.h5"
