@@ -234,10 +234,17 @@ def baseline(
     model = keras.Model(inputs, outputs)
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
     started = time.monotonic()
-    model.fit(
-        x, y, batch_size=16, epochs=epochs, shuffle=True, verbose=0,
-        class_weight=class_weights(y, len(CLASSES)),
-    )  # fmt: skip
+    try:
+        model.fit(
+            x, y, batch_size=16, epochs=epochs, shuffle=True, verbose=0,
+            class_weight=class_weights(y, len(CLASSES)),
+        )  # fmt: skip
+    finally:
+        # The global seed would reach the product's next run: tf.data's seeded shuffle mixes
+        # it in, so the product's shuffle would depend on which baseline ran before it.
+        import tensorflow as tf
+
+        tf.random.set_seed(None)
     return model, time.monotonic() - started
 
 
