@@ -10,7 +10,7 @@ import argparse
 import math
 from typing import NoReturn
 
-WORKERS = ("fetcher", "trainer", "evaluator", "simulator")
+WORKERS = ("fetcher", "trainer", "evaluator", "simulator", "api")
 # Kept literal (not imported from shared.messages) so that `--help` never imports pydantic;
 # tests/unit/cli checks they equal the message models' choices.
 ARCHITECTURES = ("ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2")
