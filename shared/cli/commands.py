@@ -53,6 +53,10 @@ async def run_command(
         from shared.cli.report import run_report
 
         return await run_report(args, settings or Settings())
+    if command in ("champion", "promote"):
+        from shared.cli.champion import run_champion
+
+        return await run_champion(args, settings or Settings())
     handlers = {"status": status_command, "watch": watch_command, "models": models_command}
     return await handlers[command](args, settings or Settings())
 

@@ -143,6 +143,24 @@ def build_parser() -> Parser:
     models.add_argument("--limit", type=positive_int, default=50, help="models listed")
     models.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
+    champion = sub.add_parser(
+        "champion",
+        help="the champion of each class set; pin the reference date range it is chosen on",
+        description="Without flags: the reference range and the champions. --reference pins"
+        " a date range: champions are then chosen on its evaluations only (README: Which model"
+        " is champion).",
+    )
+    pin = champion.add_mutually_exclusive_group()
+    pin.add_argument("--reference", nargs=2, metavar=("START", "END"), help="YYYY-MM-DD dates")
+    pin.add_argument(
+        "--no-reference", action="store_true", help="unpin: back to the shared-dataset rule"
+    )
+    champion.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    promote = sub.add_parser("promote", help="make a model the champion of its class set by hand")
+    promote.add_argument("model", metavar="MODEL", help="model id")
+    promote.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
     predict = sub.add_parser("predict", help="class probabilities for local images")
     predict.add_argument("--model", required=True, metavar="ID")
     predict.add_argument("images", nargs="+", metavar="IMAGE")

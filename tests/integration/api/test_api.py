@@ -14,12 +14,11 @@ import subprocess
 from typing import Any
 
 import aiohttp
-import asyncpg
 import numpy as np
 import pytest
 from PIL import Image
 
-from shared import db
+from shared import champions, db
 from shared.inference import BatchDecoder, Predictor
 from shared.logs import _RequestIdFilter
 from tests.integration.api import harness
@@ -288,11 +287,11 @@ async def test_champion_change_is_served_without_failing_requests_in_flight(api:
     clients = [asyncio.create_task(client(i)) for i in range(4)]
     try:
         await asyncio.sleep(0.5)
-        con = await asyncpg.connect(s.database_url)
+        pool = await db.create_pool(s.database_url)
         try:
-            await harness.set_champion(con, s.other_id)
+            await champions.promote(pool, s.other_id)  # what `chouette promote` does
         finally:
-            await con.close()
+            await pool.close()
         for _ in range(600):
             _, health, _ = await call(api, "GET", "/health", auth=False)
             if health.get("model_id") == s.other_id:
