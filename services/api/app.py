@@ -191,6 +191,38 @@ def create_app(settings: ApiSettings, lifespan: Lifespan, version: dict[str, Any
             metrics.predictions.labels(str(served.model_id), p["predicted"]).inc()
         return body
 
+    @app.post(
+        "/explain",
+        summary="Grad-CAM overlay (PNG) of one image",
+        description="Multipart form: one file in `image`, optional `model` id (the champion by"
+        " default) and `class_name` (the predicted class by default). The PNG shows where the"
+        " model's last convolution block found the class; the headers name the model, the"
+        " class explained, its probability and the predicted class.",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+        dependencies=[Auth],
+    )
+    async def post_explain(
+        res: Res,
+        image: Annotated[UploadFile | None, File(description="one image file")] = None,
+        model: Annotated[int | None, Form(ge=1, le=MAX_MODEL_ID)] = None,
+        class_name: Annotated[str | None, Form(max_length=100)] = None,
+    ) -> Response:
+        if image is None:
+            raise UploadRejected(422, "no image: send one file in the form field 'image'")
+        blob = (image.filename or "image", await image.read())
+        served, explained = await handlers.explain(res.server, blob, model, class_name, limits)
+        return Response(
+            explained.png,
+            media_type="image/png",
+            headers={
+                "X-Model-Id": str(served.model_id),
+                "X-Explained-Class": explained.class_name,
+                "X-Probability": f"{explained.probability:.6f}",
+                "X-Predicted-Class": explained.predicted,
+            },
+        )
+
     @app.get("/metrics", summary="Prometheus metrics", dependencies=[Auth])
     async def get_metrics(res: Res) -> Response:
         champion = res.server.champion

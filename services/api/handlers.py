@@ -10,7 +10,7 @@ import asyncpg
 
 from services.api import store
 from services.api.serving import ModelServer, NoModel, ServedModel
-from services.api.uploads import Limits, check_images
+from services.api.uploads import Limits, UploadRejected, check_images
 
 HEALTH_DB_TIMEOUT_S = 2.0
 
@@ -71,6 +71,24 @@ async def predict(
     }
 
 
+async def explain(
+    server: ModelServer,
+    image: tuple[str, bytes],
+    model_id: int | None,
+    class_name: str | None,
+    limits: Limits,
+) -> tuple[ServedModel, Any]:
+    """Grad-CAM of one image on ``model_id`` (the champion when None): the explanation."""
+    check_images([image], limits)
+    served = await server.get(model_id)
+    if class_name is not None and class_name not in served.class_names:
+        raise UploadRejected(
+            422, f"class {class_name!r} is not one of model {served.model_id}'s"
+            f" {list(served.class_names)}",
+        )  # fmt: skip
+    return served, await served.explain(image[1], class_name)
+
+
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:
     """Dates as ISO text, Decimals as floats, NaN as null: JSON any client reads."""
     out: dict[str, Any] = {}
@@ -96,4 +114,4 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-__all__ = ["NoModel", "health", "list_models", "model_detail", "predict"]
+__all__ = ["NoModel", "explain", "health", "list_models", "model_detail", "predict"]

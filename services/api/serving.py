@@ -49,6 +49,20 @@ class ServedModel:
     model: Any  # the Keras model (Grad-CAM needs its layers)
     decoder: BatchDecoder
     batcher: Batcher
+    executor: ThreadPoolExecutor  # the inference thread
+    _explainer: Any = None
+
+    async def explain(self, data: bytes, class_name: str | None) -> Any:
+        """Grad-CAM of one image (``shared.gradcam.Explanation``) on the inference thread."""
+
+        def run() -> Any:
+            if self._explainer is None:
+                from shared.gradcam import Explainer
+
+                self._explainer = Explainer(self.model, self.spec)
+            return self._explainer.explain(data, class_name)
+
+        return await asyncio.get_running_loop().run_in_executor(self.executor, run)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -127,7 +141,7 @@ class ModelServer:
             executor=self.executor,
             on_batch=self._batched,
         )
-        return ServedModel(model_id, spec, model, decoder, batcher)
+        return ServedModel(model_id, spec, model, decoder, batcher, self.executor)
 
     def _batched(self, n_images: int) -> None:
         if self.on_batch is not None:

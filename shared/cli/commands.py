@@ -49,6 +49,10 @@ async def run_command(
         from shared.cli.predict import run_predict
 
         return await run_predict(args, settings or Settings())
+    if command == "explain":
+        from shared.cli.explain import run_explain
+
+        return await run_explain(args, settings or Settings())
     if command == "report":
         from shared.cli.report import run_report
 

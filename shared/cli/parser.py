@@ -172,6 +172,17 @@ def build_parser() -> Parser:
     )
     predict.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
+    explain = sub.add_parser(
+        "explain", help="Grad-CAM overlays: where the model found the class in each image"
+    )
+    explain.add_argument("--model", required=True, metavar="ID")
+    explain.add_argument("images", nargs="+", metavar="IMAGE")
+    explain.add_argument("--out", required=True, metavar="DIR", help="OUT/<image>.gradcam.png")
+    explain.add_argument(
+        "--class", dest="class_name", metavar="NAME", help="class explained (default: predicted)"
+    )
+    explain.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
     report = sub.add_parser(
         "report", help="training curves and confusion matrix (PNG) with a Markdown summary"
     )

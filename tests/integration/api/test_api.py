@@ -28,10 +28,12 @@ from tests.plugins.datasets import photo
 pytestmark = pytest.mark.integration
 
 
-def form(images: list[tuple[str, bytes]], model: int | None = None) -> aiohttp.FormData:
+def form(
+    images: list[tuple[str, bytes]], model: int | None = None, field: str = "images"
+) -> aiohttp.FormData:
     data = aiohttp.FormData()
     for name, blob in images:
-        data.add_field("images", blob, filename=name, content_type="image/jpeg")
+        data.add_field(field, blob, filename=name, content_type="image/jpeg")
     if model is not None:
         data.add_field("model", str(model))
     return data
@@ -86,9 +88,8 @@ async def test_health_is_200_with_the_champion_loaded(api: Api) -> None:
 async def test_docs_and_openapi_describe_every_endpoint(api: Api) -> None:
     status, spec, _ = await call(api, "GET", "/openapi.json", auth=False)
     assert status == 200
-    assert {"/version", "/health", "/models", "/models/{model_id}", "/predict", "/metrics"} <= set(
-        spec["paths"]
-    )
+    paths = {"/version", "/health", "/models", "/models/{model_id}", "/predict", "/explain"}
+    assert paths | {"/metrics"} <= set(spec["paths"])
     status, page, _ = await call(api, "GET", "/docs", auth=False)
     assert status == 200 and "swagger" in page.lower()
 
@@ -192,6 +193,35 @@ async def test_predict_limits_and_bad_input_are_clear_json_errors(api: Api) -> N
         headers={"Content-Type": "multipart/form-data; boundary=x"},
     )
     assert status == 413 and "API_MAX_UPLOAD_BYTES" in body["error"], body
+
+
+async def test_explain_answers_the_grad_cam_overlay_of_one_image(api: Api) -> None:
+    from shared.gradcam import Explainer
+
+    data = photo("grass", 4, width=80, height=60)
+    async with (
+        aiohttp.ClientSession(headers=api.headers) as session,
+        session.post(api.url + "/explain", data=form([("g.jpg", data)], field="image")) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        assert resp.content_type == "image/png"
+        png_bytes = await resp.read()
+        headers = resp.headers
+    expected = Explainer(api.model, harness.SPEC).explain(data)
+    assert headers["X-Model-Id"] == str(api.seeded.champion_id)
+    assert headers["X-Explained-Class"] == expected.class_name == headers["X-Predicted-Class"]
+    assert float(headers["X-Probability"]) == pytest.approx(expected.probability, abs=1e-5)
+    assert png_bytes == expected.png
+    with Image.open(io.BytesIO(png_bytes)) as img:
+        assert img.size == (80, 60)
+
+    extra = aiohttp.FormData()
+    extra.add_field("image", data, filename="g.jpg")
+    extra.add_field("class_name", "weed")
+    status, body, _ = await call(api, "POST", "/explain", data=extra)
+    assert status == 422 and "class 'weed' is not one of model" in body["error"]
+    status, body, _ = await call(api, "POST", "/explain", data=form([]))
+    assert status == 422 and "no image" in body["error"]
 
 
 async def test_concurrent_requests_are_scored_in_shared_batches(api: Api) -> None:
