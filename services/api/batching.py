@@ -2,8 +2,9 @@
 
 A ResNet on a CPU (or a GPU) scores a batch of 32 images in far less than 32 times one
 image, so the API does not call the model per request: each request's decoded images join
-a pending list, and one drain task takes up to ``max_batch`` images (waiting at most
-``wait_s`` for more once the first arrived), runs the model in a worker thread (never on
+a pending list, and one drain task takes up to ``max_batch`` images (an idle model waits
+at most ``wait_s`` for more once the first arrived; what arrived during a model call goes
+into the next call at once), runs the model in a worker thread (never on
 the event loop) and hands each request its own rows. Only one model call runs at a time
 per batcher: while it runs, the next batch fills up.
 """
@@ -83,11 +84,13 @@ class Batcher:
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
+        # Only an idle model waits for company: requests that arrived while it was busy go
+        # into the next call at once (waiting then would only leave the model idle).
+        if self._queued < self.max_batch and self.wait_s > 0:
+            self._full.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self.wait_s)
         while self._pending:
-            if self._queued < self.max_batch and self.wait_s > 0:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.wait_s)
             taken = self._take()
             if not taken:
                 continue

@@ -39,7 +39,7 @@ def lifespan(database_url: str, settings: ApiSettings, *, recheck_s: float = 30.
             server.on_batch = metrics.batch_images.observe
             try:
                 await server.refresh_champion()  # ready to serve before the port opens
-            except (OSError, asyncpg.PostgresError) as exc:
+            except Exception as exc:  # /health says why; the follower tries again
                 logger.warning("champion not loaded at start-up: %s", exc)
             follower = asyncio.create_task(
                 follow_champion(lambda: asyncpg.connect(database_url), server, recheck_s=recheck_s)

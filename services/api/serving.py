@@ -215,7 +215,7 @@ async def follow_champion(
                     await asyncio.wait_for(changed.wait(), recheck_s)
                 changed.clear()
                 await server.refresh_champion()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # the database went away, a model failed to load...
                 logger.warning("following the champion: %s; retrying", exc)
                 if con is not None:
                     with contextlib.suppress(Exception):
