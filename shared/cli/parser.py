@@ -188,6 +188,11 @@ def build_parser() -> Parser:
     )
     report.add_argument("model", metavar="MODEL", help="model id")
     report.add_argument("--out", metavar="DIR", help="default: reports/model-<ID>")
+    report.add_argument(
+        "--gallery",
+        action="store_true",
+        help="add the misclassified images with their Grad-CAM overlays (loads TensorFlow)",
+    )
 
     services = sub.add_parser("services", help="local RabbitMQ + PostgreSQL for development")
     services.add_argument("action", choices=("up", "down", "status"))
