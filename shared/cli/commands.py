@@ -49,6 +49,10 @@ async def run_command(
         from shared.cli.predict import run_predict
 
         return await run_predict(args, settings or Settings())
+    if command == "export":
+        from shared.cli.export import run_export
+
+        return await run_export(args, settings or Settings())
     if command == "explain":
         from shared.cli.explain import run_explain
 

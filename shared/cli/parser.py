@@ -183,6 +183,13 @@ def build_parser() -> Parser:
     )
     explain.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
+    export = sub.add_parser(
+        "export", help="write a model as a standard Keras file or TensorFlow SavedModel"
+    )
+    export.add_argument("model", metavar="MODEL", help="model id")
+    export.add_argument("--format", required=True, choices=("keras", "savedmodel"))
+    export.add_argument("--out", required=True, metavar="PATH", help="file (.keras) or folder")
+
     report = sub.add_parser(
         "report", help="training curves and confusion matrix (PNG) with a Markdown summary"
     )
