@@ -1,4 +1,4 @@
-# One image for every service: `docker run IMAGE fetcher|trainer|evaluator|simulator`.
+# One image for every service: `docker run IMAGE fetcher|trainer|evaluator|simulator|api`.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
@@ -14,6 +14,9 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
 RUN pip install --no-deps . && useradd --create-home --uid 10001 chouette
+# What `GET /version` reports as the commit: `--build-arg GIT_COMMIT=$(git rev-parse HEAD)`.
+ARG GIT_COMMIT=
+ENV CHOUETTE_GIT_COMMIT=${GIT_COMMIT}
 
 USER chouette
 ENTRYPOINT ["chouette", "worker"]

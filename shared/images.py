@@ -64,6 +64,24 @@ def tf_decodable(data: bytes, image_format: str | None = None) -> bytes:
     return out.getvalue()
 
 
+def dimensions(data: bytes) -> tuple[int, int] | None:
+    """An encoded image's (width, height) from its header, without decoding the pixels, so
+    that a size limit refuses a decompression bomb before anything is allocated; None when
+    it is above Pillow's own decompression-bomb limit (twice ``Image.MAX_IMAGE_PIXELS``).
+
+    Raises ``ValueError`` when Pillow does not recognise the bytes as an image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Image.DecompressionBombError:
+        return None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"not a readable image: {exc}") from None
+
+
 def decode_resize(data: tf.Tensor, image_size: int) -> tf.Tensor:
     """Scalar string tensor of encoded image bytes → float32 ``(size, size, 3)``, 0..255."""
     import tensorflow as tf

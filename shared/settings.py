@@ -155,6 +155,28 @@ class EvaluatorSettings(BaseSettings):
     tta: bool = True
 
 
+class ApiSettings(BaseSettings):
+    """The prediction API (``services/api``)."""
+
+    model_config = _config("API_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # Bearer token every data endpoint asks for; required (the API refuses to start
+    # without one) whenever ``host`` is not a loopback address.
+    token: SecretStr = SecretStr("")
+    # Limits of one call: the request body, the pixels of one image, images per call.
+    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(50_000_000, ge=1)
+    max_images: int = Field(64, ge=1)
+    # Concurrent /predict calls are scored together: up to this many images per batch,
+    # waiting at most this long for more once a first image is there.
+    batch_size: int = Field(32, ge=1)
+    batch_wait_ms: float = Field(5.0, ge=0)
+    # Networks kept loaded (the champion and recently asked-for models).
+    model_cache: int = Field(2, ge=1)
+
+
 def consumer_timeout_ms(trainer: TrainerSettings) -> int:
     """RabbitMQ's consumer_timeout must outlast the longest training (plus an hour's margin)."""
     return (trainer.max_seconds + 3600) * 1000

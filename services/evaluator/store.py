@@ -12,13 +12,8 @@ in ``evaluations.n_excluded`` (0 for the model's own test split).
 evaluator racing on the same message) finds the committed row and re-emits it instead of
 writing a second one.
 
-Champion rule, per class set (``'grass,ground,vine'``): models are only compared on a
-*shared* evaluation dataset, i.e. the same (dataset, split). When an evaluation commits,
-the best evaluation of that class set on its (dataset, split) replaces the champion if
-there is none, or if its macro F1 beats the champion's macro F1 *on that same
-(dataset, split)* by ``margin``. When the champion was never scored there, nothing is
-promoted (evaluate the champion on that date range to compare). Decisions for one class
-set are serialized by a transaction-level advisory lock.
+The champion decision after each evaluation follows ``shared.champions`` (its docstring
+and the README state the rule).
 """
 
 from __future__ import annotations
@@ -34,13 +29,11 @@ import numpy as np
 import numpy.typing as npt
 
 from services.evaluator.metrics import Metrics
-from shared import db
+from shared import champions, db
 from shared.errors import PermanentError
 
 logger = logging.getLogger(__name__)
 
-# First key of the two-int advisory lock taken around a champion decision ("EV").
-_CHAMPION_LOCK_NAMESPACE = 0x4556
 STAGE = "evaluating"
 
 
@@ -297,9 +290,16 @@ async def _insert_predictions(
 async def _decide_champion(
     con: asyncpg.Connection, key: str, dataset_id: int, split: str, margin: float
 ) -> Promotion | None:
-    await con.execute(
-        "SELECT pg_advisory_xact_lock($1, hashtext($2))", _CHAMPION_LOCK_NAMESPACE, key
-    )
+    """The rule of ``shared.champions`` after an evaluation of (``dataset_id``, ``split``)."""
+    await champions.lock(con, key)
+    champion = await champions.current(con, key)
+    if champion is not None and champion["reason"] == champions.PROMOTED:
+        return None  # chosen by hand: evaluations do not replace it
+    reason = champions.EVALUATION
+    if await champions.reference(con) is not None:
+        if not await champions.on_reference(con, dataset_id, split):
+            return None  # not comparable with the pinned reference range
+        reason = champions.REFERENCE
     best = await con.fetchrow(
         "SELECT e.id, e.model_id, e.macro_f1 FROM evaluations e JOIN models m ON m.id = e.model_id"
         " WHERE e.dataset_id = $1 AND e.split = $2 AND class_set(e.class_names) = $3"
@@ -311,9 +311,6 @@ async def _decide_champion(
     )
     if best is None:
         return None
-    champion = await con.fetchrow(
-        "SELECT model_id FROM champions WHERE class_set = $1 FOR UPDATE", key
-    )
     previous_model_id: int | None = None
     previous_f1: float | None = None
     if champion is not None:
@@ -328,36 +325,32 @@ async def _decide_champion(
             split,
         )
         if previous_f1 is None:
-            logger.info(
-                "champion %s: model %d was never evaluated on dataset %d/%s; no comparison",
-                key,
-                previous_model_id,
-                dataset_id,
-                split,
-            )
-            return None
-        if not beats(best["macro_f1"], previous_f1, margin):
+            if reason == champions.REFERENCE and champion["reason"] != champions.REFERENCE:
+                pass  # a champion chosen before the pin gives way to the reference's best
+            else:
+                logger.info(
+                    "champion %s: model %d was never evaluated on dataset %d/%s; no comparison",
+                    key,
+                    previous_model_id,
+                    dataset_id,
+                    split,
+                )
+                return None
+        elif not beats(best["macro_f1"], previous_f1, margin):
             return None
 
-    await con.execute(
-        "INSERT INTO champions (class_set, model_id, evaluation_id, macro_f1)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT (class_set) DO UPDATE SET"
-        " model_id = EXCLUDED.model_id, evaluation_id = EXCLUDED.evaluation_id,"
-        " macro_f1 = EXCLUDED.macro_f1, promoted_at = now()",
+    await champions.record(
+        con,
         key,
-        best["model_id"],
-        best["id"],
-        best["macro_f1"],
-    )
-    await con.execute(
-        "INSERT INTO champion_history (class_set, model_id, previous_model_id, evaluation_id,"
-        " macro_f1, previous_macro_f1) VALUES ($1, $2, $3, $4, $5, $6)",
-        key,
-        best["model_id"],
-        previous_model_id,
-        best["id"],
-        best["macro_f1"],
-        previous_f1,
+        champions.Change(
+            class_set=key,
+            model_id=best["model_id"],
+            reason=reason,
+            evaluation_id=best["id"],
+            macro_f1=best["macro_f1"],
+            previous_model_id=previous_model_id,
+            previous_macro_f1=previous_f1,
+        ),
     )
     promotion = Promotion(
         class_set=key,
@@ -368,10 +361,11 @@ async def _decide_champion(
         previous_macro_f1=previous_f1,
     )
     logger.info(
-        "champion %s: model %d (macro F1 %.4f) replaces %s (%s) on dataset %d/%s",
+        "champion %s: model %d (macro F1 %.4f, %s) replaces %s (%s) on dataset %d/%s",
         key,
         promotion.model_id,
         promotion.macro_f1,
+        reason,
         previous_model_id,
         "-" if previous_f1 is None else f"{previous_f1:.4f}",
         dataset_id,

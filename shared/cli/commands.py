@@ -49,6 +49,14 @@ async def run_command(
         from shared.cli.predict import run_predict
 
         return await run_predict(args, settings or Settings())
+    if command == "export":
+        from shared.cli.export import run_export
+
+        return await run_export(args, settings or Settings())
+    if command == "explain":
+        from shared.cli.explain import run_explain
+
+        return await run_explain(args, settings or Settings())
     if command == "report":
         from shared.cli.report import run_report
 
@@ -57,6 +65,10 @@ async def run_command(
         from shared.cli.prune import run_prune
 
         return await run_prune(args, settings or Settings())
+    if command in ("champion", "promote"):
+        from shared.cli.champion import run_champion
+
+        return await run_champion(args, settings or Settings())
     handlers = {"status": status_command, "watch": watch_command, "models": models_command}
     return await handlers[command](args, settings or Settings())
 

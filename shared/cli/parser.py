@@ -10,7 +10,7 @@ import argparse
 import math
 from typing import NoReturn
 
-WORKERS = ("fetcher", "trainer", "evaluator", "simulator")
+WORKERS = ("fetcher", "trainer", "evaluator", "simulator", "api")
 # Kept literal (not imported from shared.messages) so that `--help` never imports pydantic;
 # tests/unit/cli checks they equal the message models' choices.
 ARCHITECTURES = ("ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2")
@@ -143,6 +143,24 @@ def build_parser() -> Parser:
     models.add_argument("--limit", type=positive_int, default=50, help="models listed")
     models.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
+    champion = sub.add_parser(
+        "champion",
+        help="the champion of each class set; pin the reference date range it is chosen on",
+        description="Without flags: the reference range and the champions. --reference pins"
+        " a date range: champions are then chosen on its evaluations only (README: Which model"
+        " is champion).",
+    )
+    pin = champion.add_mutually_exclusive_group()
+    pin.add_argument("--reference", nargs=2, metavar=("START", "END"), help="YYYY-MM-DD dates")
+    pin.add_argument(
+        "--no-reference", action="store_true", help="unpin: back to the shared-dataset rule"
+    )
+    champion.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    promote = sub.add_parser("promote", help="make a model the champion of its class set by hand")
+    promote.add_argument("model", metavar="MODEL", help="model id")
+    promote.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
     predict = sub.add_parser("predict", help="class probabilities for local images")
     predict.add_argument("--model", required=True, metavar="ID")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
@@ -154,11 +172,34 @@ def build_parser() -> Parser:
     )
     predict.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
+    explain = sub.add_parser(
+        "explain", help="Grad-CAM overlays: where the model found the class in each image"
+    )
+    explain.add_argument("--model", required=True, metavar="ID")
+    explain.add_argument("images", nargs="+", metavar="IMAGE")
+    explain.add_argument("--out", required=True, metavar="DIR", help="OUT/<image>.gradcam.png")
+    explain.add_argument(
+        "--class", dest="class_name", metavar="NAME", help="class explained (default: predicted)"
+    )
+    explain.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    export = sub.add_parser(
+        "export", help="write a model as a standard Keras file or TensorFlow SavedModel"
+    )
+    export.add_argument("model", metavar="MODEL", help="model id")
+    export.add_argument("--format", required=True, choices=("keras", "savedmodel"))
+    export.add_argument("--out", required=True, metavar="PATH", help="file (.keras) or folder")
+
     report = sub.add_parser(
         "report", help="training curves and confusion matrix (PNG) with a Markdown summary"
     )
     report.add_argument("model", metavar="MODEL", help="model id")
     report.add_argument("--out", metavar="DIR", help="default: reports/model-<ID>")
+    report.add_argument(
+        "--gallery",
+        action="store_true",
+        help="add the misclassified images with their Grad-CAM overlays (loads TensorFlow)",
+    )
 
     services = sub.add_parser("services", help="local RabbitMQ + PostgreSQL for development")
     services.add_argument("action", choices=("up", "down", "status"))

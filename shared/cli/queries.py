@@ -121,3 +121,16 @@ async def model_epoch_total(con: Con, model_id: int) -> int | None:
 async def registry(con: Con, limit: int) -> list[Row]:
     rows = await con.fetch("SELECT * FROM model_registry LIMIT $1", limit)
     return [dict(r) for r in rows]
+
+
+async def misclassified(con: Con, evaluation_id: int, limit: int) -> list[Row]:
+    """Images an evaluation got wrong (most confident mistakes first), with their bytes."""
+    rows = await con.fetch(
+        "SELECT p.sha256, p.true_label, p.predicted, p.probabilities, i.bytes"
+        " FROM predictions p JOIN images i ON i.sha256 = p.sha256"
+        " WHERE p.evaluation_id = $1 AND p.predicted <> p.true_label"
+        " ORDER BY (p.probabilities ->> p.predicted)::float8 DESC, p.sha256 LIMIT $2",
+        evaluation_id,
+        limit,
+    )
+    return [dict(r) for r in rows]

@@ -36,9 +36,16 @@ async def run_report(args: argparse.Namespace, settings: Settings) -> int:
             raise UsageError(f"MODEL: no model {model_id} (see `chouette models`)")
         epochs = await queries.epochs(pool, model_id)
         evaluations = await queries.evaluations_of_model(pool, model_id)
+        gallery = None
+        if getattr(args, "gallery", False):
+            from shared.cli.gallery import misclassified_gallery
+
+            gallery = await misclassified_gallery(pool, model, evaluations)
     out = Path(args.out or f"reports/model-{model_id}")
     try:
         paths = write_report(model, epochs, evaluations, out)
+        if gallery is not None:
+            paths[-1:-1] = gallery.write(out, paths[-1])
     except OSError as exc:  # /proc/x, an existing file, a path under a file, no permission
         where = exc.filename or out
         raise UsageError(

@@ -58,7 +58,7 @@ def test_services_run_as_a_non_root_user() -> None:
     users = re.findall(r"^USER\s+(\S+)", dockerfile, re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
     compose = _compose()
-    for name in ("fetcher", "trainer", "evaluator", "simulator"):
+    for name in ("fetcher", "trainer", "evaluator", "simulator", "api"):
         service = compose["services"][name]
         assert "build" in service, f"{name} must run the project's image"
         assert service.get("user", "chouette") not in ("root", "0")
@@ -68,6 +68,20 @@ def test_ports_published_on_loopback_only() -> None:
     for name, service in _compose()["services"].items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} publicly"
+
+
+def test_compose_api_needs_its_token_and_is_health_checked() -> None:
+    from services.api.exposure import exposure_problem
+
+    api = _compose()["services"]["api"]
+    env = api["environment"]
+    assert env["API_TOKEN"].startswith("${API_TOKEN"), "the token comes from the environment"
+    # Listening on the container's network without a token: the API refuses to start.
+    assert exposure_problem(env["API_HOST"], "") is not None
+    assert exposure_problem(env["API_HOST"], "a-token") is None
+    assert api["command"] == ["api"]
+    assert "/health" in " ".join(api["healthcheck"]["test"])
+    assert api["ports"] == [f"127.0.0.1:{env['API_PORT']}:{env['API_PORT']}"]
 
 
 def test_consumer_timeout_outlasts_the_trainer_limit() -> None:

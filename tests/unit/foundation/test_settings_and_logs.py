@@ -11,22 +11,25 @@ from pathlib import Path
 import pytest
 
 from shared import logs
-from shared.settings import Settings, redact_url
+from shared.settings import ApiSettings, Settings, redact_url
 
 EXAMPLE = Path(__file__).parents[3] / "config.example.env"
 
 
 def test_defaults_equal_config_example(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(__import__("os").environ):
-        if key.startswith(("CHOUETTE_", "AMQP_", "DATABASE_", "BROKER_", "LOG_")):
+        if key.startswith(("CHOUETTE_", "AMQP_", "DATABASE_", "BROKER_", "LOG_", "API_")):
             monkeypatch.delenv(key)
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
     values = dict(
         line.split("=", 1)
         for line in EXAMPLE.read_text().splitlines()
         if line and not line.startswith("#")
     )
-    for field, value in settings.model_dump().items():
+    api = ApiSettings(_env_file=None)  # type: ignore[call-arg]
+    dumped = {f"api_{k}": v for k, v in api.model_dump().items()}
+    assert {k.upper() for k in dumped} <= set(values)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    for field, value in {**settings.model_dump(), **dumped}.items():
         key = field.upper()
         if key not in values:
             continue
@@ -39,7 +42,7 @@ def test_every_documented_variable_is_read_by_some_setting() -> None:
 
     known: set[str] = set()
     for cls in (module.Settings, module.FetcherSettings, module.TrainerSettings,
-                module.EvaluatorSettings):  # fmt: skip
+                module.EvaluatorSettings, module.ApiSettings):  # fmt: skip
         prefix = cls.model_config.get("env_prefix", "")
         known |= {f"{prefix}{name}".upper() for name in cls.model_fields}
     documented = re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", EXAMPLE.read_text(), re.MULTILINE)
@@ -94,7 +97,7 @@ def test_every_setting_is_documented_in_config_example() -> None:
     documented = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", EXAMPLE.read_text(), re.MULTILINE))
     missing = []
     for cls in (module.Settings, module.FetcherSettings, module.TrainerSettings,
-                module.EvaluatorSettings, SimulatorSettings):  # fmt: skip
+                module.EvaluatorSettings, module.ApiSettings, SimulatorSettings):  # fmt: skip
         prefix = cls.model_config.get("env_prefix", "")
         missing += [
             f"{prefix}{name}".upper()

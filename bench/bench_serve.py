@@ -1,0 +1,261 @@
+"""Prediction API throughput (``POST /predict``, 16 concurrent clients) against in-process
+``model.predict`` on the same images in batches.
+
+    python -m bench.bench_serve [--arch ResNet50] [--image-size 64] [--images 384]
+                                [--clients 16] [--repeats 3]
+
+- **API**: ``python -m services.api`` as its own process (what ``chouette worker api``
+  runs) serving the champion, a model stored in PostgreSQL; ``--clients`` aiohttp clients
+  in this process send one photo per request, each the next as soon as its answer came
+  back. Throughput is images answered per second; latency per request (p50, p99).
+- **baseline**: in this process, the same model (read back through the weight store)
+  called with ``model.predict`` on the same photos already decoded, in batches of
+  ``API_BATCH_SIZE`` (32): the model's own speed, without HTTP, multipart or decoding.
+
+Both sides are warmed up, then run ``--repeats`` times alternately; the best run of each
+counts (these machines are noisy). Target: API ≥ 0.7 x baseline images/s.
+PostgreSQL: ``BENCH_DATABASE_URL`` if set, else a private server in a temporary directory.
+The last line is JSON: ``{"bench": "serve", "ratio": ..., "target": 0.7, "pass": ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TARGET = 0.7
+CLASSES = ("vine", "ground", "grass")
+
+
+def _photos(n: int) -> list[bytes]:
+    """Simulator field photos (128x96 JPEG)."""
+    from services.simulator import field
+
+    return [field.render(f"serve-{i}", CLASSES[i % 3], 7) for i in range(n)]
+
+
+async def _seed(dsn: str, arch: str, image_size: int) -> int:
+    """Schema, a dataset row, one stored model made champion; returns its id."""
+    import keras
+
+    from shared import champions, db
+    from shared.modeling import ModelSpec, build_model
+    from shared.weight_store import store_weights
+
+    pool = await db.create_pool(dsn)
+    try:
+        await db.migrate(pool)
+        async with pool.acquire() as con, con.transaction():
+            request_id = await con.fetchval(
+                "INSERT INTO training_requests (id, kind, params)"
+                " VALUES (gen_random_uuid(), 'training', '{}') RETURNING id"
+            )
+            dataset_id = await con.fetchval(
+                "INSERT INTO datasets (start_date, end_date, tags, digest, test_fraction,"
+                " val_fraction, seed, n_images, counts)"
+                " VALUES ('2021-01-01', '2021-12-31', $1, gen_random_uuid()::text, 0.2, 0.15,"
+                " 0, 0, '{}') RETURNING id",
+                list(CLASSES),
+            )
+        keras.utils.set_random_seed(0)
+        spec = ModelSpec(architecture=arch, image_size=image_size, class_names=CLASSES)
+        model = build_model(spec)
+        async with pool.acquire() as con, con.transaction():
+            model_id = await con.fetchval(
+                "INSERT INTO models (request_id, dataset_id, architecture, hyperparams,"
+                " class_names, input_shape) VALUES ($1, $2, $3, '{}', $4, $5) RETURNING id",
+                request_id,
+                dataset_id,
+                arch,
+                list(CLASSES),
+                [image_size, image_size, 3],
+            )
+            sha, nbytes = await store_weights(con, model_id, model)
+            await con.execute(
+                "UPDATE models SET status = 'trained', weights_sha256 = $2, weights_bytes = $3"
+                " WHERE id = $1",
+                model_id,
+                sha,
+                nbytes,
+            )
+        await champions.promote(pool, int(model_id))
+        return int(model_id)
+    finally:
+        await pool.close()
+
+
+def _start_api(dsn: str, port: int, logdir: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("API_")}
+    env.update(
+        {"DATABASE_URL": dsn, "API_PORT": str(port), "LOG_LEVEL": "WARNING",
+         "TF_CPP_MIN_LOG_LEVEL": "2"}
+    )  # fmt: skip
+    log = (logdir / "api.log").open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.api"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+async def _wait_healthy(url: str, proc: subprocess.Popen[bytes], within_s: float = 300) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + within_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the API exited with {proc.returncode}")
+            try:
+                async with session.get(url + "/health") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.5)
+    raise RuntimeError("the API did not become healthy")
+
+
+async def _clients(url: str, photos: list[bytes], clients: int) -> tuple[float, list[float]]:
+    """(seconds for all photos, per-request latencies) with ``clients`` in flight."""
+    import aiohttp
+
+    latencies: list[float] = []
+    next_index = 0
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal next_index
+        while next_index < len(photos):
+            i = next_index
+            next_index += 1
+            form = aiohttp.FormData()
+            form.add_field("images", photos[i], filename=f"{i}.jpg", content_type="image/jpeg")
+            started = time.perf_counter()
+            async with session.post(url + "/predict", data=form) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"/predict answered {resp.status}: {body[:200]!r}")
+            latencies.append(time.perf_counter() - started)
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+        return time.perf_counter() - started, latencies
+
+
+def _percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values), q))
+
+
+async def _measure(dsn: str, model_id: int, args: argparse.Namespace, url: str) -> dict[str, Any]:
+    from shared import db, images
+    from shared.weight_store import load_model
+
+    photos = _photos(args.images)
+    pool = await db.create_pool(dsn)
+    try:
+        model, spec, _ = await load_model(pool, model_id)
+    finally:
+        await pool.close()
+    x = images.decode_images(photos, spec.image_size)
+    model.predict(x[: args.batch_size], batch_size=args.batch_size, verbose=0)  # warm-up
+    await _clients(url, photos[: args.clients * 2], args.clients)  # warm-up
+    api_runs, baseline_runs, latencies = [], [], []
+    for _ in range(args.repeats):
+        seconds, lat = await _clients(url, photos, args.clients)
+        api_runs.append(len(photos) / seconds)
+        latencies.append(lat)
+        started = time.perf_counter()
+        model.predict(x, batch_size=args.batch_size, verbose=0)
+        baseline_runs.append(len(x) / (time.perf_counter() - started))
+    best = max(range(args.repeats), key=lambda i: api_runs[i])
+    return {"api_runs": api_runs, "baseline_runs": baseline_runs, "latencies": latencies[best]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="ResNet50")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=384)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32, help="the baseline's batches")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tmp = Path(tempfile.mkdtemp(prefix="chouette-bench-"))
+    server = None
+    api = None
+    dsn = os.environ.get("BENCH_DATABASE_URL")
+    from shared.local_services import PostgresServer, free_port
+
+    try:
+        if not dsn:
+            server = PostgresServer(tmp / "postgres", port=free_port(), durable=False)
+            server.start()
+            dsn = server.url
+        model_id = asyncio.run(_seed(dsn, args.arch, args.image_size))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        api = _start_api(dsn, port, tmp)
+        asyncio.run(_wait_healthy(url, api))
+        result = asyncio.run(_measure(dsn, model_id, args, url))
+    except Exception:
+        log = tmp / "api.log"
+        if log.exists():
+            print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
+        raise
+    finally:
+        if api is not None:
+            api.terminate()
+            api.wait(30)
+        if server is not None:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    api_rate, baseline = max(result["api_runs"]), max(result["baseline_runs"])
+    ratio = api_rate / baseline
+    p50 = _percentile(result["latencies"], 50) * 1000
+    p99 = _percentile(result["latencies"], 99) * 1000
+    print(
+        f"{args.arch} {args.image_size}px, {args.images} images, {args.clients} clients:"
+        f" API {api_rate:.1f} images/s (p50 {p50:.0f} ms, p99 {p99:.0f} ms),"
+        f" model.predict in batches of {args.batch_size} {baseline:.1f} images/s"
+    )
+    print(
+        "runs: API "
+        + ", ".join(f"{v:.1f}" for v in result["api_runs"])
+        + "; baseline "
+        + ", ".join(f"{v:.1f}" for v in result["baseline_runs"])
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "serve",
+                "ratio": round(ratio, 3),
+                "target": TARGET,
+                "pass": ratio >= TARGET,
+                "api_images_per_s": round(api_rate, 1),
+                "baseline_images_per_s": round(baseline, 1),
+                "p50_ms": round(p50, 1),
+                "p99_ms": round(p99, 1),
+                "architecture": args.arch,
+                "image_size": args.image_size,
+                "clients": args.clients,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""The HTTP routes: parse the request, call a handler (``handlers.py``), shape the answer.
+
+Cross-cutting, for every request: a request id (``X-Request-ID``, echoed, or a new one)
+in one log line with method, route, status and milliseconds; Prometheus counters and a
+latency histogram; the body limit; errors as JSON ``{"error", "request_id"}`` and never a
+stack trace (that goes to the log, under the same request id).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Path, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.api import handlers
+from services.api.metrics import CONTENT_TYPE, Metrics
+from services.api.serving import ModelServer, NoModel
+from services.api.uploads import Limits, UploadRejected
+from shared import logs
+from shared.errors import PermanentError
+from shared.settings import ApiSettings
+
+logger = logging.getLogger("services.api")
+
+MAX_MODEL_ID = 2**63 - 1
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass
+class Resources:
+    """What the routes need, opened by the lifespan (``__main__`` decides how)."""
+
+    pool: asyncpg.Pool
+    server: ModelServer
+
+
+Lifespan = Callable[[Metrics], AbstractAsyncContextManager[Resources]]
+
+
+def _resources(request: Request) -> Resources:
+    return request.app.state.resources  # type: ignore[no-any-return]
+
+
+Res = Annotated[Resources, Depends(_resources)]
+
+
+def create_app(settings: ApiSettings, lifespan: Lifespan, version: dict[str, Any]) -> FastAPI:
+    metrics = Metrics()
+    limits = Limits(settings.max_upload_bytes, settings.max_image_pixels, settings.max_images)
+    token = settings.token.get_secret_value()
+
+    @asynccontextmanager
+    async def app_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with lifespan(metrics) as resources:
+            app.state.resources = resources
+            yield
+
+    app = FastAPI(
+        title="chouette prediction API",
+        version=str(version.get("version") or "unknown"),
+        description="Classify vineyard photos (vine, ground, grass) with the champion model"
+        " or any trained model of the registry.",
+        lifespan=app_lifespan,
+        redoc_url=None,
+    )
+
+    def authorized(request: Request) -> None:
+        if not token:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip(), token):
+            raise HTTPException(
+                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    Auth = Depends(authorized)
+
+    # -- cross-cutting ----------------------------------------------------------------------
+
+    @app.middleware("http")
+    async def log_and_measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        given = request.headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+        request.state.request_id = request_id
+        started = time.perf_counter()
+        with logs.request_context(request_id):
+            try:
+                response = await call_next(request)
+            except Exception:
+                logger.exception("%s %s failed", request.method, request.url.path)
+                response = _error(500, "internal error (see the server log)", request_id)
+            seconds = time.perf_counter() - started
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+            metrics.latency.labels(path).observe(seconds)
+            response.headers["X-Request-ID"] = request_id
+            logger.info(
+                "%s %s %d %.1f ms", request.method, request.url.path, response.status_code,
+                seconds * 1000,
+            )  # fmt: skip
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _error(exc.status_code, str(exc.detail), _rid(request), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        )
+        return _error(422, f"invalid request: {problems}", _rid(request))
+
+    @app.exception_handler(UploadRejected)
+    async def rejected(request: Request, exc: UploadRejected) -> Response:
+        return _error(exc.status, exc.message, _rid(request))
+
+    @app.exception_handler(NoModel)
+    async def no_model(request: Request, exc: NoModel) -> Response:
+        return _error(503, f"no model to serve: {exc}", _rid(request))
+
+    @app.exception_handler(PermanentError)
+    async def model_problem(request: Request, exc: PermanentError) -> Response:
+        name = type(exc).__name__
+        status = {"ModelNotFound": 404, "ModelNotReady": 409}.get(name, 422)
+        return _error(status, str(exc), _rid(request))
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> Response:  # pragma: no cover
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal error (see the server log)", _rid(request))
+
+    # -- routes -----------------------------------------------------------------------------
+
+    @app.get("/version", summary="software version and git commit")
+    async def get_version() -> dict[str, Any]:
+        return version
+
+    @app.get("/health", summary="200 when the database answers and a model is loaded")
+    async def get_health(res: Res) -> Response:
+        healthy, body = await handlers.health(res.pool, res.server)
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    @app.get("/models", summary="the model registry, best first", dependencies=[Auth])
+    async def get_models(
+        res: Res, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> dict[str, Any]:
+        return await handlers.list_models(res.pool, limit)
+
+    @app.get("/models/{model_id}", summary="one model and its evaluations", dependencies=[Auth])
+    async def get_model(
+        res: Res, model_id: Annotated[int, Path(ge=1, le=MAX_MODEL_ID)]
+    ) -> dict[str, Any]:
+        detail = await handlers.model_detail(res.pool, model_id)
+        if detail is None:
+            raise HTTPException(404, f"no model {model_id}")
+        return detail
+
+    @app.post(
+        "/predict",
+        summary="class probabilities of one or more images",
+        description="Multipart form: one or more files in `images`, optional `model` (a model"
+        " id; the champion by default). Concurrent calls are scored together in batches.",
+        dependencies=[Auth],
+    )
+    async def post_predict(
+        res: Res,
+        images: Annotated[list[UploadFile] | None, File(description="image files")] = None,
+        model: Annotated[int | None, Form(ge=1, le=MAX_MODEL_ID)] = None,
+    ) -> dict[str, Any]:
+        blobs = [(f.filename or f"image{i}", await f.read()) for i, f in enumerate(images or [])]
+        served, body = await handlers.predict(res.server, blobs, model, limits)
+        for p in body["predictions"]:
+            metrics.predictions.labels(str(served.model_id), p["predicted"]).inc()
+        return body
+
+    @app.post(
+        "/explain",
+        summary="Grad-CAM overlay (PNG) of one image",
+        description="Multipart form: one file in `image`, optional `model` id (the champion by"
+        " default) and `class_name` (the predicted class by default). The PNG shows where the"
+        " model's last convolution block found the class; the headers name the model, the"
+        " class explained, its probability and the predicted class.",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+        dependencies=[Auth],
+    )
+    async def post_explain(
+        res: Res,
+        image: Annotated[UploadFile | None, File(description="one image file")] = None,
+        model: Annotated[int | None, Form(ge=1, le=MAX_MODEL_ID)] = None,
+        class_name: Annotated[str | None, Form(max_length=100)] = None,
+    ) -> Response:
+        if image is None:
+            raise UploadRejected(422, "no image: send one file in the form field 'image'")
+        blob = (image.filename or "image", await image.read())
+        served, explained = await handlers.explain(res.server, blob, model, class_name, limits)
+        return Response(
+            explained.png,
+            media_type="image/png",
+            headers={
+                "X-Model-Id": str(served.model_id),
+                "X-Explained-Class": explained.class_name,
+                "X-Probability": f"{explained.probability:.6f}",
+                "X-Predicted-Class": explained.predicted,
+            },
+        )
+
+    @app.get("/metrics", summary="Prometheus metrics", dependencies=[Auth])
+    async def get_metrics(res: Res) -> Response:
+        champion = res.server.champion
+        if champion is not None:
+            metrics.serving(champion.model_id, champion.spec.architecture)
+        else:
+            metrics.model_served.clear()
+        return Response(metrics.text(), media_type=CONTENT_TYPE)
+
+    return BodyLimit(app, settings.max_upload_bytes)  # type: ignore[return-value]
+
+
+def _rid(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "-"))
+
+
+def _error(
+    status: int, message: str, request_id: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": message, "request_id": request_id},
+        status_code=status,
+        headers=None if headers is None else dict(headers),
+    )
+
+
+class BodyLimit:
+    """ASGI middleware: a body above ``max_bytes`` gets a 413 before it is read (by its
+    Content-Length), or as soon as the bytes read pass the limit (chunked uploads)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def __getattr__(self, name: str) -> Any:  # the FastAPI app's attributes (routes, state)
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"request body above {self.max_bytes} bytes (API_MAX_UPLOAD_BYTES)"
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            logger.info(
+                "%s %s 413 (Content-Length %s)", scope["method"], scope["path"], int(length)
+            )
+            await _error(413, message, "-")(scope, receive, send)
+            return
+        received = 0
+        exceeded = started = False
+
+        async def limited() -> Message:
+            nonlocal received, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > self.max_bytes:
+                    # The app sees the client go away; the client gets the 413 (below).
+                    exceeded = True
+                    return {"type": "http.disconnect"}
+            return event
+
+        async def guarded(event: Message) -> None:
+            nonlocal started
+            if exceeded and not started:
+                started = True
+                logger.info("%s %s 413 (body above %d bytes)", scope["method"], scope["path"],
+                            self.max_bytes)  # fmt: skip
+                await _error(413, message, "-")(scope, receive, send)
+            if exceeded:
+                return  # whatever the app answers to the disconnect
+            started = started or event["type"] == "http.response.start"
+            await send(event)
+
+        await self.app(scope, limited, guarded)
+        if exceeded and not started:
+            await _error(413, message, "-")(scope, receive, send)

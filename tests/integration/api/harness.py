@@ -1,0 +1,202 @@
+"""A tiny trained model in PostgreSQL and the API served from a thread, over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import numpy as np
+import uvicorn
+
+from shared import db, weight_store
+from shared.local_services import free_port
+from shared.modeling import ModelSpec, build_model
+from shared.settings import ApiSettings
+from tests.plugins.datasets import create_dataset, create_request
+
+CLASSES = ("vine", "ground", "grass")
+SPEC = ModelSpec(architecture="ResNet50V2", image_size=32, class_names=CLASSES, dropout=0.0)
+
+
+async def create_database(admin_url: str, template: str, database_url: str) -> None:
+    name = database_url.rsplit("/", 1)[1]
+    con = await asyncpg.connect(admin_url)
+    try:
+        await con.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await con.close()
+
+
+async def drop_database(admin_url: str, database_url: str) -> None:
+    name = database_url.rsplit("/", 1)[1]
+    con = await asyncpg.connect(admin_url)
+    try:
+        await con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await con.close()
+
+
+def tiny_model(seed: int = 0) -> Any:
+    """ResNet50V2 at 32 px with a few steps on random pixels: weights that are not the
+    initial ones, BatchNorm statistics moved (what a trained model looks like to the API)."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(SPEC)
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    optimizer = keras.optimizers.SGD(0.05)
+    for _ in range(2):
+        with tf.GradientTape() as tape:
+            loss = keras.losses.sparse_categorical_crossentropy(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+    return model
+
+
+async def store_model(pool: db.Pool, model: Any, dataset_id: int, spec: ModelSpec = SPEC) -> int:
+    """A ``models`` row, trained, with ``model``'s weights (as the trainer leaves it)."""
+    request_id = await create_request(pool, {"training": {}}, request_id=uuid.uuid4())
+    async with pool.acquire() as con, con.transaction():
+        model_id = int(
+            await con.fetchval(
+                "INSERT INTO models (request_id, dataset_id, architecture, hyperparams,"
+                " class_names, input_shape) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                request_id,
+                dataset_id,
+                spec.architecture,
+                {"dropout": spec.dropout, "image_size": spec.image_size, "epochs": 1},
+                list(spec.class_names),
+                list(spec.input_shape),
+            )
+        )
+        sha, nbytes = await weight_store.store_weights(con, model_id, model)
+        await con.execute(
+            "UPDATE models SET status = 'trained', trained_at = now(), weights_sha256 = $2,"
+            " weights_bytes = $3 WHERE id = $1",
+            model_id,
+            sha,
+            nbytes,
+        )
+    return model_id
+
+
+async def copy_model(con: asyncpg.Connection, model_id: int) -> int:
+    """Another trained model with the same spec and weights (cheaper than a second one)."""
+    request_id = await create_request(con, {"training": {}}, request_id=uuid.uuid4())
+    async with con.transaction():
+        new_id = int(
+            await con.fetchval(
+                "INSERT INTO models (request_id, dataset_id, architecture, hyperparams,"
+                " class_names, input_shape, status, trained_at, weights_sha256, weights_bytes)"
+                " SELECT $2, dataset_id, architecture, hyperparams, class_names, input_shape,"
+                " status, now(), weights_sha256, weights_bytes FROM models WHERE id = $1"
+                " RETURNING id",
+                model_id,
+                request_id,
+            )
+        )
+        await con.execute(
+            "INSERT INTO model_weights (model_id, part, bytes)"
+            " SELECT $2, part, bytes FROM model_weights WHERE model_id = $1",
+            model_id,
+            new_id,
+        )
+    return new_id
+
+
+async def add_evaluation(pool: db.Pool, model_id: int, dataset_id: int, macro_f1: float) -> int:
+    per_class = {n: {"precision": macro_f1, "recall": macro_f1, "f1": macro_f1, "support": 2}
+                 for n in CLASSES}  # fmt: skip
+    return int(
+        await pool.fetchval(
+            "INSERT INTO evaluations (model_id, dataset_id, split, accuracy, macro_f1,"
+            " balanced_accuracy, per_class, confusion_matrix, class_names, n_images, n_excluded)"
+            " VALUES ($1, $2, 'all', $3, $3, $3, $4, $5, $6, 6, 0) RETURNING id",
+            model_id,
+            dataset_id,
+            macro_f1,
+            per_class,
+            [[2, 0, 0], [0, 1, 1], [1, 0, 1]],
+            list(CLASSES),
+        )
+    )
+
+
+async def set_champion(con: Any, model_id: int, evaluation_id: int | None = None) -> None:
+    await con.execute(
+        "INSERT INTO champions (class_set, model_id, evaluation_id, macro_f1, reason)"
+        " VALUES ('grass,ground,vine', $1, $2, NULL, 'promoted') ON CONFLICT (class_set)"
+        " DO UPDATE SET model_id = EXCLUDED.model_id, evaluation_id = EXCLUDED.evaluation_id,"
+        " reason = EXCLUDED.reason, promoted_at = now()",
+        model_id,
+        evaluation_id,
+    )
+
+
+@dataclass
+class Seeded:
+    database_url: str
+    dataset_id: int
+    champion_id: int
+    other_id: int
+    evaluation_id: int
+
+
+async def seed(database_url: str) -> tuple[Seeded, Any]:
+    pool = await db.create_pool(database_url)
+    try:
+        dataset_id = await create_dataset(pool, per_class={"vine": 2, "ground": 2, "grass": 2})
+        model = tiny_model()
+        champion_id = await store_model(pool, model, dataset_id)
+        async with pool.acquire() as con:
+            other_id = await copy_model(con, champion_id)
+        evaluation_id = await add_evaluation(pool, champion_id, dataset_id, 0.75)
+        await set_champion(pool, champion_id, evaluation_id)
+    finally:
+        await pool.close()
+    return Seeded(database_url, dataset_id, champion_id, other_id, evaluation_id), model
+
+
+class ApiThread:
+    """The API app (``services.api``) under uvicorn on a free loopback port, in a thread of
+    its own with its own event loop, for the tests of one module."""
+
+    def __init__(self, database_url: str, settings: ApiSettings, **lifespan_kw: Any) -> None:
+        from services.api.app import create_app
+        from services.api.resources import lifespan
+        from services.api.version import version_info
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(settings, lifespan(database_url, settings, **lifespan_kw),
+                              version_info())  # fmt: skip
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
+            lifespan="on",
+        )  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="api", daemon=True)
+
+    def start(self, timeout: float = 120) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the API did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)

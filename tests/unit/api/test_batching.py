@@ -1,0 +1,79 @@
+"""The API's batcher without a model: rows back to their callers, batches bounded,
+failures to every caller of the failed call, callers that went away skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from services.api.batching import Batcher
+
+
+def rows_of(n: int, start: float) -> np.ndarray:
+    return (np.arange(n, dtype=np.float32) + start)[:, None].repeat(3, axis=1)
+
+
+async def test_concurrent_calls_share_model_calls_and_get_their_own_rows() -> None:
+    calls: list[int] = []
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return batch[:, :2] * 10
+
+    batcher = Batcher(predict, max_batch=8, wait_s=0.05)
+    inputs = [rows_of(n, 100 * i) for i, n in enumerate([1, 3, 2, 1, 5, 1])]
+    outputs = await asyncio.gather(*(batcher(x) for x in inputs))
+    for x, out in zip(inputs, outputs, strict=True):
+        np.testing.assert_array_equal(out, x[:, :2] * 10)
+    assert sum(calls) == 13 and all(n <= 8 for n in calls)
+    assert len(calls) < len(inputs)
+    # One call larger than max_batch is scored alone, whole.
+    out = await batcher(rows_of(11, 0))
+    assert len(out) == 11 and calls[-1] == 11
+
+
+async def test_a_failing_model_call_fails_its_callers_and_the_next_calls_run() -> None:
+    fail = threading.Event()
+    fail.set()
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        if fail.is_set():
+            raise RuntimeError("model exploded")
+        return batch
+
+    batcher = Batcher(predict, max_batch=4, wait_s=0.02)
+    results = await asyncio.gather(
+        batcher(rows_of(1, 0)), batcher(rows_of(1, 1)), return_exceptions=True
+    )
+    assert all(isinstance(r, RuntimeError) for r in results)
+    fail.clear()
+    np.testing.assert_array_equal(await batcher(rows_of(2, 5)), rows_of(2, 5))
+
+
+async def test_a_caller_that_went_away_is_skipped() -> None:
+    started = threading.Event()
+    release = threading.Event()
+    seen: list[int] = []
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        seen.append(len(batch))
+        started.set()
+        release.wait(5)
+        return batch
+
+    batcher = Batcher(predict, max_batch=2, wait_s=0)
+    first = asyncio.create_task(batcher(rows_of(2, 0)))  # occupies the model
+    await asyncio.to_thread(started.wait, 5)
+    gone = asyncio.create_task(batcher(rows_of(1, 10)))
+    kept = asyncio.create_task(batcher(rows_of(1, 20)))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    release.set()
+    await first
+    np.testing.assert_array_equal(await kept, rows_of(1, 20))
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert seen == [2, 1]  # the cancelled caller's image was never scored
