@@ -46,7 +46,7 @@ from yarl import URL
 
 from shared.errors import InvalidMessage, PermanentError
 from shared.logs import request_context
-from shared.messages import Message, RequestFailed, parse_message
+from shared.messages import Message, RequestFailed, parse_message, shorten
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ BINDINGS: dict[str, tuple[str, ...]] = {
 }
 # The stage a request is in while a queue's consumer works on it (for failure rows).
 STAGES = {FETCHER: "fetching", TRAINER: "training", EVALUATOR: "evaluating", EVENTS: "done"}
+
+# Failure texts (rows, events, log lines) are cut to this many characters.
+MAX_ERROR_CHARS = 2_000
 
 Result = Message | Sequence[Message] | None
 Handler = Callable[[Any], Awaitable[Result]]
@@ -88,6 +91,8 @@ class Broker:
     # Requeue backoff: base * 2**(attempt-1) seconds, capped.
     retry_backoff: float = 0.5
     retry_backoff_max: float = 10.0
+    # Bodies longer than this are dead-lettered unread (messages carry ids and parameters).
+    max_body_bytes: int = 1024 * 1024
 
     connection: AbstractRobustConnection | None = field(default=None, init=False)
     _channel: AbstractChannel | None = field(default=None, init=False)
@@ -220,12 +225,7 @@ class Broker:
         request_id = _uuid_or_none(incoming.correlation_id)
         with request_context(request_id or "-"):
             try:
-                message = parse_message(incoming.body)
-                if not isinstance(message, accepts):
-                    names = ", ".join(t.__name__ for t in accepts)
-                    raise InvalidMessage(
-                        f"queue {queue} accepts {names}, got {type(message).__name__}"
-                    )
+                message = read_body(incoming.body, accepts, queue, self.max_body_bytes)
             except InvalidMessage as exc:
                 logger.error("rejecting invalid message: %s", exc)
                 await self._fail(incoming, queue, stage, str(exc), request_id, on_failure)
@@ -271,6 +271,7 @@ class Broker:
         on_failure: FailureSink,
     ) -> None:
         """Record the failure, tell watchers, then dead-letter the message."""
+        error = shorten(error, MAX_ERROR_CHARS)
         try:
             await on_failure(
                 request_id=request_id, queue=queue, stage=stage, error=error, body=incoming.body
@@ -351,6 +352,29 @@ async def declare_topology(
         for key in keys:
             await work.bind(exchange, routing_key=key)
     return exchange
+
+
+def read_body(
+    body: bytes, accepts: tuple[type[Message], ...], queue: str, max_bytes: int
+) -> Message:
+    """The message in ``body``, or :class:`InvalidMessage` whatever is wrong with it.
+
+    A body over ``max_bytes`` is refused unread; any other exception while parsing or
+    validating (there should be none) is turned into ``InvalidMessage`` too, so that no
+    body can leave a delivery unsettled and stall the consumer.
+    """
+    if len(body) > max_bytes:
+        raise InvalidMessage(f"body of {len(body)} bytes is over the limit of {max_bytes} bytes")
+    try:
+        message = parse_message(body)
+    except InvalidMessage:
+        raise
+    except Exception as exc:  # a parser bug must not stall the queue
+        raise InvalidMessage(f"body could not be parsed: {shorten(repr(exc))}") from exc
+    if not isinstance(message, accepts):
+        names = ", ".join(t.__name__ for t in accepts)
+        raise InvalidMessage(f"queue {queue} accepts {names}, got {type(message).__name__}")
+    return message
 
 
 def _delivery_count(incoming: AbstractIncomingMessage) -> int:

@@ -149,7 +149,10 @@ async def record_failure(
 ) -> None:
     """Mark the request ``failed`` with its stage and error, and log the failure row."""
     # PostgreSQL text cannot hold NUL: a poison body must still leave its failure row.
-    text = body.decode("utf-8", "replace")[:10_000].replace("\x00", "\\x00") if body else None
+    # Only the head of a body is kept (and decoded): a 50 MB body must not cost 50 MB here.
+    text = None
+    if body:
+        text = body[:10_000].decode("utf-8", "replace").replace("\x00", "\\x00")[:10_000]
     error = error.replace("\x00", "\\x00")
     async with pool.acquire() as con, con.transaction():
         await con.execute(

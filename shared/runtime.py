@@ -153,6 +153,7 @@ async def _serve(
             namespace=settings.broker_namespace,
             delivery_limit=settings.broker_delivery_limit,
             heartbeat=settings.amqp_heartbeat,
+            max_body_bytes=settings.broker_max_body_bytes,
         )
         await connect_with_retry(broker.connect, "RabbitMQ")
         try:

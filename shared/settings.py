@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     broker_namespace: str = "chouette"
     # Deliveries of one message before it is dead-lettered (RabbitMQ x-delivery-limit).
     broker_delivery_limit: int = 5
+    # Bodies longer than this are dead-lettered without being parsed (messages carry ids
+    # and parameters: a few kB).
+    broker_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     amqp_heartbeat: int = 30
 
     log_level: str = "INFO"
