@@ -44,6 +44,7 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
+from shared import shutdown
 from shared.errors import InvalidMessage, PermanentError
 from shared.logs import request_context
 from shared.messages import Message, RequestFailed, parse_message, shorten
@@ -61,6 +62,8 @@ BINDINGS: dict[str, tuple[str, ...]] = {
 # The stage a request is in while a queue's consumer works on it (for failure rows).
 STAGES = {FETCHER: "fetching", TRAINER: "training", EVALUATOR: "evaluating", EVENTS: "done"}
 
+# Seconds a stopping consumer waits for RabbitMQ to confirm its cancellation.
+CANCEL_SECONDS = 1.0
 # Failure texts (rows, events, log lines) are cut to this many characters.
 MAX_ERROR_CHARS = 2_000
 
@@ -134,9 +137,16 @@ class Broker:
         self._exchange = await declare_topology(self._channel, self.namespace, self.delivery_limit)
         return self
 
-    async def close(self) -> None:
-        if self.connection is not None and not self.connection.is_closed:
-            await self.connection.close()
+    async def close(self, within: float | None = None) -> None:
+        """Close the connection; with ``within``, give up waiting after that many seconds
+        (RabbitMQ unreachable: a robust connection may wait for a server that is gone)."""
+        if self.connection is None or self.connection.is_closed:
+            return
+        try:
+            async with asyncio.timeout(within):
+                await self.connection.close()
+        except TimeoutError:
+            logger.warning("the broker connection did not close in %.0fs; abandoned", within)
 
     async def __aenter__(self) -> Broker:
         return await self.connect()
@@ -295,9 +305,13 @@ class Broker:
     async def stop_consuming(self, grace: float = 10.0) -> None:
         """Cancel consumers, let in-flight messages finish for ``grace`` s, then abandon them."""
         self.stopping.set()
-        for queue, tag in self._consumers:
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+        # Bounded: with RabbitMQ unreachable a robust channel would wait for it to come back.
+        # A consumer not cancelled gets no more than its prefetch, and the connection closes.
+        with contextlib.suppress(Exception, TimeoutError):
+            async with asyncio.timeout(CANCEL_SECONDS):
+                for queue, tag in self._consumers:
+                    with contextlib.suppress(Exception):
+                        await queue.cancel(tag)
         self._consumers.clear()
         pending = set(self._inflight)
         if pending:
@@ -317,6 +331,8 @@ class Broker:
         try:
             await stop.wait()
             logger.info("signal received, stopping")
+            # Whatever the servers and the handlers do now, the process ends in time.
+            shutdown.arm(grace + shutdown.CLOSE_SECONDS)
             await self.stop_consuming(grace)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):

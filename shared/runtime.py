@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from shared import db, logs, startup
+from shared import db, logs, shutdown, startup
 from shared.broker import Broker, FailureSink, Handler
 from shared.messages import Message
 from shared.settings import Settings, redact_url
@@ -88,6 +88,17 @@ async def connect_with_retry(
     raise AssertionError("unreachable")
 
 
+async def close_pool(pool: db.Pool, within: float) -> None:
+    """Close the pool gracefully, or terminate its connections after ``within`` seconds
+    (a connection still held by an abandoned handler, a server that does not answer)."""
+    try:
+        async with asyncio.timeout(within):
+            await pool.close()
+    except TimeoutError:
+        logger.warning("the database pool did not close in %.0fs; terminated", within)
+        pool.terminate()
+
+
 async def serve(
     queue: str,
     accepts: tuple[type[Message], ...],
@@ -112,6 +123,7 @@ async def serve(
     def stop_starting() -> None:
         nonlocal signalled
         signalled = True
+        shutdown.arm(grace + shutdown.CLOSE_SECONDS)
         if starting is not None:
             starting.cancel()
 
@@ -170,7 +182,7 @@ async def _serve(
             logger.info("%s ready", queue)
             await broker.run_until_signalled(grace)
         finally:
-            await broker.close()
+            await broker.close(within=shutdown.CLOSE_SECONDS / 2)
     finally:
-        await pool.close()
+        await close_pool(pool, within=shutdown.CLOSE_SECONDS / 2)
     logger.info("%s stopped", queue)
