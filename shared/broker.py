@@ -21,6 +21,8 @@ message acked, after the handler's own database commit:
 - ``PermanentError``, bad body → failure recorded (Postgres + ``RequestFailed``), reject → DLQ
 - ``RetryableError``/other   → requeue after a short backoff; at the delivery limit treated
                                 as permanent
+- never settled (a consumer that crashes each time) → RabbitMQ dead-letters it at the
+  delivery limit; :meth:`Broker.consume_dead_letters` records that failure
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
-from shared import shutdown
+from shared import dead_letters, shutdown
 from shared.errors import InvalidMessage, PermanentError
 from shared.logs import request_context
 from shared.messages import Message, RequestFailed, parse_message, shorten
@@ -299,6 +301,68 @@ class Broker:
             except Exception:
                 logger.warning("could not publish RequestFailed; the failure row is written")
         await incoming.reject(requeue=False)
+
+    async def consume_dead_letters(self, queue: str, *, on_failure: FailureSink) -> None:
+        """Consume ``<queue>.dead``: what RabbitMQ dead-lettered on its own (the delivery
+        limit reached by a consumer that crashed each time) becomes a failure row, the
+        request ``failed`` and a ``RequestFailed``; what this layer rejected after recording
+        its failure is only acknowledged (``shared.dead_letters``)."""
+        assert self.connection is not None, "connect() first"
+        channel = await self.connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=1)
+        dead = await channel.get_queue(f"{self.queue_name(queue)}.dead", ensure=True)
+        stage = STAGES[queue]
+
+        async def on_message(incoming: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._inflight.add(task)  # type: ignore[arg-type]
+            try:
+                await self._settle_dead_letter(incoming, queue, stage, on_failure)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("could not settle a dead letter of %s; it stays queued", queue)
+            finally:
+                self._inflight.discard(task)  # type: ignore[arg-type]
+
+        tag = await dead.consume(on_message)
+        self._consumers.append((dead, tag))
+
+    async def _settle_dead_letter(
+        self, incoming: AbstractIncomingMessage, queue: str, stage: str, on_failure: FailureSink
+    ) -> None:
+        letter = dead_letters.read(
+            incoming.headers or {}, incoming.correlation_id, incoming.body, self.max_body_bytes
+        )
+        with request_context(letter.request_id or "-"):
+            if letter.recorded:
+                await incoming.ack()
+                return
+            error = letter.error(queue, self.delivery_limit)
+            logger.error("%s", error)
+            try:
+                await on_failure(
+                    request_id=letter.request_id,
+                    queue=queue,
+                    stage=stage,
+                    error=error,
+                    body=incoming.body,
+                )
+            except Exception:
+                # Dead-letter queues have no delivery limit: try again later.
+                logger.exception("could not record a dead letter; retrying")
+                await asyncio.sleep(self.retry_backoff_max)
+                await incoming.nack(requeue=True)
+                return
+            if letter.request_id is not None:
+                try:
+                    await self.publish(
+                        RequestFailed(request_id=letter.request_id, stage=stage, error=error)
+                    )
+                except Exception:
+                    logger.warning("could not publish RequestFailed; the failure row is written")
+            await incoming.ack()
 
     # -- stopping ---------------------------------------------------------------------------
 

@@ -172,13 +172,15 @@ async def _serve(
             handler = make_handler(pool, broker, settings)
             if asyncio.iscoroutine(handler):
                 handler = await handler
+            on_failure = make_failure_sink(pool)
             await broker.consume(
                 queue,
                 accepts,
                 handler,  # type: ignore[arg-type]
-                on_failure=make_failure_sink(pool),
+                on_failure=on_failure,
                 prefetch=prefetch,
             )
+            await broker.consume_dead_letters(queue, on_failure=on_failure)
             logger.info("%s ready", queue)
             await broker.run_until_signalled(grace)
         finally:
