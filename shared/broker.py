@@ -50,6 +50,7 @@ from shared import dead_letters, shutdown
 from shared.errors import InvalidMessage, PermanentError
 from shared.logs import request_context
 from shared.messages import Message, RequestFailed, parse_message, shorten
+from shared.outages import OutageWait
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ BINDINGS: dict[str, tuple[str, ...]] = {
 # The stage a request is in while a queue's consumer works on it (for failure rows).
 STAGES = {FETCHER: "fetching", TRAINER: "training", EVALUATOR: "evaluating", EVENTS: "done"}
 
+# A delivery handled again after this many outages is requeued (a database that flaps).
+MAX_OUTAGES_PER_DELIVERY = 10
 # Seconds a stopping consumer waits for RabbitMQ to confirm its cancellation.
 CANCEL_SECONDS = 1.0
 # Failure texts (rows, events, log lines) are cut to this many characters.
@@ -105,6 +108,9 @@ class Broker:
     _consumers: list[tuple[AbstractQueue, str]] = field(default_factory=list, init=False)
     _inflight: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    # Set by the service: a handler failing while the database is unreachable waits for it
+    # and handles the same delivery again, instead of spending a delivery attempt.
+    outage: OutageWait | None = field(default=None, init=False)
 
     def queue_name(self, queue: str) -> str:
         return f"{self.namespace}.{queue}"
@@ -247,31 +253,55 @@ class Broker:
             with request_context(request_id):
                 attempt = _delivery_count(incoming) + 1
                 logger.info("handling %s (delivery %d)", type(message).__name__, attempt)
-                try:
-                    result = await handler(message)
-                    for out in _as_list(result):
-                        await self.publish(out)
-                    await incoming.ack()
-                except PermanentError as exc:
-                    logger.error("permanent failure: %s", exc)
-                    await self._fail(incoming, queue, stage, str(exc), request_id, on_failure)
-                except asyncio.CancelledError:
-                    # Stopping: leave the message unacked; it is redelivered to another consumer.
-                    logger.warning(
-                        "delivery cancelled before it was settled; it will be redelivered"
-                    )
-                    raise
-                except Exception as exc:
-                    text = f"{type(exc).__name__}: {exc}"
-                    if attempt >= self.delivery_limit:
-                        logger.exception("failed %d times, giving up", attempt)
-                        error = f"gave up after {attempt} attempts: {text}"
-                        await self._fail(incoming, queue, stage, error, request_id, on_failure)
+                for _ in range(MAX_OUTAGES_PER_DELIVERY):
+                    if not await self._handle_once(
+                        incoming, message, attempt, queue, stage, handler, on_failure
+                    ):
                         return
-                    delay = min(self.retry_backoff * 2 ** (attempt - 1), self.retry_backoff_max)
-                    logger.warning("attempt %d failed (%s); requeue in %.1fs", attempt, text, delay)
-                    await asyncio.sleep(delay)
-                    await incoming.nack(requeue=True)
+                    logger.info("handling %s again (same delivery)", type(message).__name__)
+                logger.error("too many outages during one delivery; requeueing it")
+                await incoming.nack(requeue=True)
+
+    async def _handle_once(
+        self,
+        incoming: AbstractIncomingMessage,
+        message: Message,
+        attempt: int,
+        queue: str,
+        stage: str,
+        handler: Handler,
+        on_failure: FailureSink,
+    ) -> bool:
+        """Handle and settle the delivery; True when it must be handled again (the
+        database was unreachable and is back: the message did not fail)."""
+        request_id = message.request_id
+        try:
+            result = await handler(message)
+            for out in _as_list(result):
+                await self.publish(out)
+            await incoming.ack()
+        except PermanentError as exc:
+            logger.error("permanent failure: %s", exc)
+            await self._fail(incoming, queue, stage, str(exc), request_id, on_failure)
+        except asyncio.CancelledError:
+            # Stopping: leave the message unacked; it is redelivered to another consumer.
+            logger.warning("delivery cancelled before it was settled; it will be redelivered")
+            raise
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            if self.outage is not None and await self.outage.waited_out():
+                logger.warning("failed while %s was unreachable: %s", self.outage.what, text)
+                return True
+            if attempt >= self.delivery_limit:
+                logger.exception("failed %d times, giving up", attempt)
+                error = f"gave up after {attempt} attempts: {text}"
+                await self._fail(incoming, queue, stage, error, request_id, on_failure)
+                return False
+            delay = min(self.retry_backoff * 2 ** (attempt - 1), self.retry_backoff_max)
+            logger.warning("attempt %d failed (%s); requeue in %.1fs", attempt, text, delay)
+            await asyncio.sleep(delay)
+            await incoming.nack(requeue=True)
+        return False
 
     async def _fail(
         self,
@@ -284,14 +314,11 @@ class Broker:
     ) -> None:
         """Record the failure, tell watchers, then dead-letter the message."""
         error = shorten(error, MAX_ERROR_CHARS)
-        try:
-            await on_failure(
-                request_id=request_id, queue=queue, stage=stage, error=error, body=incoming.body
-            )
-        except Exception:
+        if not await self._record(on_failure, request_id, queue, stage, error, incoming.body):
             # Without the failure row the user would never learn why: try again later.
-            # RabbitMQ's own x-delivery-limit still bounds the attempts.
-            logger.exception("could not record the failure; requeueing the message")
+            # RabbitMQ's own x-delivery-limit still bounds the attempts (and the dead
+            # letter is recorded by the dead-letter consumer).
+            logger.error("could not record the failure; requeueing the message")
             await asyncio.sleep(self.retry_backoff_max)
             await incoming.nack(requeue=True)
             return
@@ -301,6 +328,28 @@ class Broker:
             except Exception:
                 logger.warning("could not publish RequestFailed; the failure row is written")
         await incoming.reject(requeue=False)
+
+    async def _record(
+        self,
+        on_failure: FailureSink,
+        request_id: uuid.UUID | None,
+        queue: str,
+        stage: str,
+        error: str,
+        body: bytes,
+    ) -> bool:
+        """Write the failure row, waiting out a database outage; False if it could not."""
+        for _ in range(MAX_OUTAGES_PER_DELIVERY):
+            try:
+                await on_failure(
+                    request_id=request_id, queue=queue, stage=stage, error=error, body=body
+                )
+                return True
+            except Exception:
+                logger.exception("could not record the failure")
+                if self.outage is None or not await self.outage.waited_out():
+                    return False
+        return False
 
     async def consume_dead_letters(self, queue: str, *, on_failure: FailureSink) -> None:
         """Consume ``<queue>.dead``: what RabbitMQ dead-lettered on its own (the delivery
@@ -341,17 +390,11 @@ class Broker:
                 return
             error = letter.error(queue, self.delivery_limit)
             logger.error("%s", error)
-            try:
-                await on_failure(
-                    request_id=letter.request_id,
-                    queue=queue,
-                    stage=stage,
-                    error=error,
-                    body=incoming.body,
-                )
-            except Exception:
+            if not await self._record(
+                on_failure, letter.request_id, queue, stage, error, incoming.body
+            ):
                 # Dead-letter queues have no delivery limit: try again later.
-                logger.exception("could not record a dead letter; retrying")
+                logger.error("could not record a dead letter; retrying")
                 await asyncio.sleep(self.retry_backoff_max)
                 await incoming.nack(requeue=True)
                 return

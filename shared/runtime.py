@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from shared import db, logs, shutdown, startup
 from shared.broker import Broker, FailureSink, Handler
 from shared.messages import Message
+from shared.outages import OutageWait
 from shared.settings import Settings, redact_url
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,10 @@ async def _serve(
             delivery_limit=settings.broker_delivery_limit,
             heartbeat=settings.amqp_heartbeat,
             max_body_bytes=settings.broker_max_body_bytes,
+        )
+        broker.outage = OutageWait(
+            probe=lambda: pool.fetchval("SELECT 1"),
+            max_seconds=settings.database_outage_wait_seconds,
         )
         await connect_with_retry(broker.connect, "RabbitMQ")
         try:

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # and parameters: a few kB).
     broker_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     amqp_heartbeat: int = 30
+    # A handler failing while PostgreSQL is unreachable waits this long for it to come
+    # back and handles the same delivery again, without spending a delivery attempt.
+    database_outage_wait_seconds: float = Field(900.0, ge=0)
 
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
