@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     amqp_heartbeat: int = 30
     # A handler failing while PostgreSQL is unreachable waits this long for it to come
     # back and handles the same delivery again, without spending a delivery attempt.
-    database_outage_wait_seconds: float = Field(900.0, ge=0)
+    database_outage_wait_seconds: int = Field(900, ge=0)
 
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"

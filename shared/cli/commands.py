@@ -61,17 +61,22 @@ async def run_command(
 async def open_pool(settings: Settings) -> AsyncIterator[db.Pool]:
     """A small pool with migrations applied (the CLI may be the first to touch a database)."""
     dsn = settings.database_url.get_secret_value()
+    created: list[db.Pool] = []
     try:
         # No connection floor: while PostgreSQL is away, asyncpg would log a traceback per
         # attempt to restore it (`--wait` rides out an outage on a connection of its own).
-        pool = await asyncio.wait_for(
-            db.create_pool(dsn, min_size=0, max_size=2), CONNECT_TIMEOUT_S
+        created.append(
+            await asyncio.wait_for(db.create_pool(dsn, min_size=0, max_size=2), CONNECT_TIMEOUT_S)
         )
+        await asyncio.wait_for(created[0].fetchval("SELECT 1"), CONNECT_TIMEOUT_S)  # connects
     except Exception as exc:
+        for unused in created:
+            await unused.close()
         raise CommandFailed(
             f"cannot connect to PostgreSQL at {redact_url(dsn)}: {exc}"
             " (is it running? `chouette services up` starts a local one)"
         ) from None
+    pool = created[0]
     try:
         await db.migrate(pool)
         yield pool
