@@ -8,10 +8,13 @@ subprocesses against a private server it stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,6 +88,40 @@ async def test_sigterm_with_postgres_stopped_mid_request(
         pipeline.start_all()
         row = await pipeline.wait_for(request_id, timeout=600)
         assert row["status"] == "succeeded", (row["error"], pipeline.logs())
+
+
+def postgres_processes(server: PostgresServer) -> list[int]:
+    """The postmaster and its children (the backends that hold the services' connections)."""
+    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            children.append(int(stat.parent.name))
+    return [postmaster, *children]
+
+
+async def test_sigterm_with_postgres_frozen(
+    private_postgres: PostgresServer, servers: Any, pipeline_on: Any
+) -> None:
+    """PostgreSQL stopped with SIGSTOP: connections stay open and nothing answers (a hung
+    server, a network partition). Closing the pool used to wait for it forever."""
+    async with pipeline_on(servers.amqp_url, private_postgres.url) as pipeline:
+        pipeline.start("fetcher")
+        pipeline.start("evaluator")
+        await asyncio.to_thread(pipeline.stack.wait_ready, 400)
+        frozen = postgres_processes(private_postgres)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            await sigterm_all_and_wait(pipeline)
+        finally:
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
 
 async def test_sigterm_with_a_handler_stuck(pipeline: Pipeline, simulator_server: Any) -> None:
