@@ -21,6 +21,8 @@ message acked, after the handler's own database commit:
 - ``PermanentError``, bad body → failure recorded (Postgres + ``RequestFailed``), reject → DLQ
 - ``RetryableError``/other   → requeue after a short backoff; at the delivery limit treated
                                 as permanent
+- never settled (a consumer that crashes each time) → RabbitMQ dead-letters it at the
+  delivery limit; :meth:`Broker.consume_dead_letters` records that failure
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
+from shared import dead_letters, shutdown
 from shared.errors import InvalidMessage, PermanentError
 from shared.logs import request_context
-from shared.messages import Message, RequestFailed, parse_message
+from shared.messages import Message, RequestFailed, parse_message, shorten
+from shared.outages import OutageWait
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +64,13 @@ BINDINGS: dict[str, tuple[str, ...]] = {
 }
 # The stage a request is in while a queue's consumer works on it (for failure rows).
 STAGES = {FETCHER: "fetching", TRAINER: "training", EVALUATOR: "evaluating", EVENTS: "done"}
+
+# A delivery handled again after this many outages is requeued (a database that flaps).
+MAX_OUTAGES_PER_DELIVERY = 10
+# Seconds a stopping consumer waits for RabbitMQ to confirm its cancellation.
+CANCEL_SECONDS = 1.0
+# Failure texts (rows, events, log lines) are cut to this many characters.
+MAX_ERROR_CHARS = 2_000
 
 Result = Message | Sequence[Message] | None
 Handler = Callable[[Any], Awaitable[Result]]
@@ -88,6 +99,8 @@ class Broker:
     # Requeue backoff: base * 2**(attempt-1) seconds, capped.
     retry_backoff: float = 0.5
     retry_backoff_max: float = 10.0
+    # Bodies longer than this are dead-lettered unread (messages carry ids and parameters).
+    max_body_bytes: int = 1024 * 1024
 
     connection: AbstractRobustConnection | None = field(default=None, init=False)
     _channel: AbstractChannel | None = field(default=None, init=False)
@@ -95,6 +108,9 @@ class Broker:
     _consumers: list[tuple[AbstractQueue, str]] = field(default_factory=list, init=False)
     _inflight: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    # Set by the service: a handler failing while the database is unreachable waits for it
+    # and handles the same delivery again, instead of spending a delivery attempt.
+    outage: OutageWait | None = field(default=None, init=False)
 
     def queue_name(self, queue: str) -> str:
         return f"{self.namespace}.{queue}"
@@ -129,9 +145,16 @@ class Broker:
         self._exchange = await declare_topology(self._channel, self.namespace, self.delivery_limit)
         return self
 
-    async def close(self) -> None:
-        if self.connection is not None and not self.connection.is_closed:
-            await self.connection.close()
+    async def close(self, within: float | None = None) -> None:
+        """Close the connection; with ``within``, give up waiting after that many seconds
+        (RabbitMQ unreachable: a robust connection may wait for a server that is gone)."""
+        if self.connection is None or self.connection.is_closed:
+            return
+        try:
+            async with asyncio.timeout(within):
+                await self.connection.close()
+        except TimeoutError:
+            logger.warning("the broker connection did not close in %.0fs; abandoned", within)
 
     async def __aenter__(self) -> Broker:
         return await self.connect()
@@ -220,12 +243,7 @@ class Broker:
         request_id = _uuid_or_none(incoming.correlation_id)
         with request_context(request_id or "-"):
             try:
-                message = parse_message(incoming.body)
-                if not isinstance(message, accepts):
-                    names = ", ".join(t.__name__ for t in accepts)
-                    raise InvalidMessage(
-                        f"queue {queue} accepts {names}, got {type(message).__name__}"
-                    )
+                message = read_body(incoming.body, accepts, queue, self.max_body_bytes)
             except InvalidMessage as exc:
                 logger.error("rejecting invalid message: %s", exc)
                 await self._fail(incoming, queue, stage, str(exc), request_id, on_failure)
@@ -235,31 +253,55 @@ class Broker:
             with request_context(request_id):
                 attempt = _delivery_count(incoming) + 1
                 logger.info("handling %s (delivery %d)", type(message).__name__, attempt)
-                try:
-                    result = await handler(message)
-                    for out in _as_list(result):
-                        await self.publish(out)
-                    await incoming.ack()
-                except PermanentError as exc:
-                    logger.error("permanent failure: %s", exc)
-                    await self._fail(incoming, queue, stage, str(exc), request_id, on_failure)
-                except asyncio.CancelledError:
-                    # Stopping: leave the message unacked; it is redelivered to another consumer.
-                    logger.warning(
-                        "delivery cancelled before it was settled; it will be redelivered"
-                    )
-                    raise
-                except Exception as exc:
-                    text = f"{type(exc).__name__}: {exc}"
-                    if attempt >= self.delivery_limit:
-                        logger.exception("failed %d times, giving up", attempt)
-                        error = f"gave up after {attempt} attempts: {text}"
-                        await self._fail(incoming, queue, stage, error, request_id, on_failure)
+                for _ in range(MAX_OUTAGES_PER_DELIVERY):
+                    if not await self._handle_once(
+                        incoming, message, attempt, queue, stage, handler, on_failure
+                    ):
                         return
-                    delay = min(self.retry_backoff * 2 ** (attempt - 1), self.retry_backoff_max)
-                    logger.warning("attempt %d failed (%s); requeue in %.1fs", attempt, text, delay)
-                    await asyncio.sleep(delay)
-                    await incoming.nack(requeue=True)
+                    logger.info("handling %s again (same delivery)", type(message).__name__)
+                logger.error("too many outages during one delivery; requeueing it")
+                await incoming.nack(requeue=True)
+
+    async def _handle_once(
+        self,
+        incoming: AbstractIncomingMessage,
+        message: Message,
+        attempt: int,
+        queue: str,
+        stage: str,
+        handler: Handler,
+        on_failure: FailureSink,
+    ) -> bool:
+        """Handle and settle the delivery; True when it must be handled again (the
+        database was unreachable and is back: the message did not fail)."""
+        request_id = message.request_id
+        try:
+            result = await handler(message)
+            for out in _as_list(result):
+                await self.publish(out)
+            await incoming.ack()
+        except PermanentError as exc:
+            logger.error("permanent failure: %s", exc)
+            await self._fail(incoming, queue, stage, str(exc), request_id, on_failure)
+        except asyncio.CancelledError:
+            # Stopping: leave the message unacked; it is redelivered to another consumer.
+            logger.warning("delivery cancelled before it was settled; it will be redelivered")
+            raise
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            if self.outage is not None and await self.outage.waited_out():
+                logger.warning("failed while %s was unreachable: %s", self.outage.what, text)
+                return True
+            if attempt >= self.delivery_limit:
+                logger.exception("failed %d times, giving up", attempt)
+                error = f"gave up after {attempt} attempts: {text}"
+                await self._fail(incoming, queue, stage, error, request_id, on_failure)
+                return False
+            delay = min(self.retry_backoff * 2 ** (attempt - 1), self.retry_backoff_max)
+            logger.warning("attempt %d failed (%s); requeue in %.1fs", attempt, text, delay)
+            await asyncio.sleep(delay)
+            await incoming.nack(requeue=True)
+        return False
 
     async def _fail(
         self,
@@ -271,14 +313,12 @@ class Broker:
         on_failure: FailureSink,
     ) -> None:
         """Record the failure, tell watchers, then dead-letter the message."""
-        try:
-            await on_failure(
-                request_id=request_id, queue=queue, stage=stage, error=error, body=incoming.body
-            )
-        except Exception:
+        error = shorten(error, MAX_ERROR_CHARS)
+        if not await self._record(on_failure, request_id, queue, stage, error, incoming.body):
             # Without the failure row the user would never learn why: try again later.
-            # RabbitMQ's own x-delivery-limit still bounds the attempts.
-            logger.exception("could not record the failure; requeueing the message")
+            # RabbitMQ's own x-delivery-limit still bounds the attempts (and the dead
+            # letter is recorded by the dead-letter consumer).
+            logger.error("could not record the failure; requeueing the message")
             await asyncio.sleep(self.retry_backoff_max)
             await incoming.nack(requeue=True)
             return
@@ -289,14 +329,96 @@ class Broker:
                 logger.warning("could not publish RequestFailed; the failure row is written")
         await incoming.reject(requeue=False)
 
+    async def _record(
+        self,
+        on_failure: FailureSink,
+        request_id: uuid.UUID | None,
+        queue: str,
+        stage: str,
+        error: str,
+        body: bytes,
+    ) -> bool:
+        """Write the failure row, waiting out a database outage; False if it could not."""
+        for _ in range(MAX_OUTAGES_PER_DELIVERY):
+            try:
+                await on_failure(
+                    request_id=request_id, queue=queue, stage=stage, error=error, body=body
+                )
+                return True
+            except Exception:
+                logger.exception("could not record the failure")
+                if self.outage is None or not await self.outage.waited_out():
+                    return False
+        return False
+
+    async def consume_dead_letters(self, queue: str, *, on_failure: FailureSink) -> None:
+        """Consume ``<queue>.dead``: what RabbitMQ dead-lettered on its own (the delivery
+        limit reached by a consumer that crashed each time) becomes a failure row, the
+        request ``failed`` and a ``RequestFailed``; what this layer rejected after recording
+        its failure is only acknowledged (``shared.dead_letters``)."""
+        assert self.connection is not None, "connect() first"
+        channel = await self.connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=1)
+        dead = await channel.get_queue(f"{self.queue_name(queue)}.dead", ensure=True)
+        stage = STAGES[queue]
+
+        async def on_message(incoming: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._inflight.add(task)  # type: ignore[arg-type]
+            try:
+                await self._settle_dead_letter(incoming, queue, stage, on_failure)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("could not settle a dead letter of %s; it stays queued", queue)
+            finally:
+                self._inflight.discard(task)  # type: ignore[arg-type]
+
+        tag = await dead.consume(on_message)
+        self._consumers.append((dead, tag))
+
+    async def _settle_dead_letter(
+        self, incoming: AbstractIncomingMessage, queue: str, stage: str, on_failure: FailureSink
+    ) -> None:
+        letter = dead_letters.read(
+            incoming.headers or {}, incoming.correlation_id, incoming.body, self.max_body_bytes
+        )
+        with request_context(letter.request_id or "-"):
+            if letter.recorded:
+                await incoming.ack()
+                return
+            error = letter.error(queue, self.delivery_limit)
+            logger.error("%s", error)
+            if not await self._record(
+                on_failure, letter.request_id, queue, stage, error, incoming.body
+            ):
+                # Dead-letter queues have no delivery limit: try again later.
+                logger.error("could not record a dead letter; retrying")
+                await asyncio.sleep(self.retry_backoff_max)
+                await incoming.nack(requeue=True)
+                return
+            if letter.request_id is not None:
+                try:
+                    await self.publish(
+                        RequestFailed(request_id=letter.request_id, stage=stage, error=error)
+                    )
+                except Exception:
+                    logger.warning("could not publish RequestFailed; the failure row is written")
+            await incoming.ack()
+
     # -- stopping ---------------------------------------------------------------------------
 
     async def stop_consuming(self, grace: float = 10.0) -> None:
         """Cancel consumers, let in-flight messages finish for ``grace`` s, then abandon them."""
         self.stopping.set()
-        for queue, tag in self._consumers:
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+        # Bounded: with RabbitMQ unreachable a robust channel would wait for it to come back.
+        # A consumer not cancelled gets no more than its prefetch, and the connection closes.
+        with contextlib.suppress(Exception, TimeoutError):
+            async with asyncio.timeout(CANCEL_SECONDS):
+                for queue, tag in self._consumers:
+                    with contextlib.suppress(Exception):
+                        await queue.cancel(tag)
         self._consumers.clear()
         pending = set(self._inflight)
         if pending:
@@ -316,6 +438,8 @@ class Broker:
         try:
             await stop.wait()
             logger.info("signal received, stopping")
+            # Whatever the servers and the handlers do now, the process ends in time.
+            shutdown.arm(grace + shutdown.CLOSE_SECONDS)
             await self.stop_consuming(grace)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -351,6 +475,29 @@ async def declare_topology(
         for key in keys:
             await work.bind(exchange, routing_key=key)
     return exchange
+
+
+def read_body(
+    body: bytes, accepts: tuple[type[Message], ...], queue: str, max_bytes: int
+) -> Message:
+    """The message in ``body``, or :class:`InvalidMessage` whatever is wrong with it.
+
+    A body over ``max_bytes`` is refused unread; any other exception while parsing or
+    validating (there should be none) is turned into ``InvalidMessage`` too, so that no
+    body can leave a delivery unsettled and stall the consumer.
+    """
+    if len(body) > max_bytes:
+        raise InvalidMessage(f"body of {len(body)} bytes is over the limit of {max_bytes} bytes")
+    try:
+        message = parse_message(body)
+    except InvalidMessage:
+        raise
+    except Exception as exc:  # a parser bug must not stall the queue
+        raise InvalidMessage(f"body could not be parsed: {shorten(repr(exc))}") from exc
+    if not isinstance(message, accepts):
+        names = ", ".join(t.__name__ for t in accepts)
+        raise InvalidMessage(f"queue {queue} accepts {names}, got {type(message).__name__}")
+    return message
 
 
 def _delivery_count(incoming: AbstractIncomingMessage) -> int:

@@ -51,6 +51,13 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 5) -> Pool
     return pool
 
 
+async def connect(dsn: str) -> asyncpg.Connection:
+    """One connection outside any pool, decoding json/jsonb like the pool's."""
+    con = await asyncpg.connect(dsn)
+    await _init_connection(con)
+    return con
+
+
 def migration_files() -> list[Path]:
     return sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9]_*.sql"))
 

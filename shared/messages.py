@@ -315,19 +315,34 @@ def first_error(exc: ValidationError) -> str:
 
 
 def parse_message(body: bytes | str) -> Message:
-    """Parse any message body; raise :class:`InvalidMessage` with a clear one-line reason."""
+    """Parse any message body; raise :class:`InvalidMessage` with a clear one-line reason.
+
+    Whatever the body, nothing but :class:`InvalidMessage` comes out: deep nesting makes
+    ``json`` raise ``RecursionError``, which would otherwise escape every caller.
+    """
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidMessage(f"body is not JSON: {exc}") from exc
+        raise InvalidMessage(f"body is not JSON: {shorten(str(exc))}") from exc
+    except RecursionError as exc:
+        raise InvalidMessage("body is nested too deeply to parse") from exc
     if not isinstance(data, dict):
         raise InvalidMessage("body is not a JSON object")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         raise InvalidMessage(
-            f"unsupported schema_version {version!r}; this build understands {SCHEMA_VERSION}"
+            f"unsupported schema_version {shorten(repr(version))};"
+            f" this build understands {SCHEMA_VERSION}"
         )
     try:
         return _any_message().validate_python(data)
     except ValidationError as exc:
-        raise InvalidMessage(f"invalid {data.get('type', 'message')}: {first_error(exc)}") from exc
+        kind = shorten(str(data.get("type", "message")))
+        raise InvalidMessage(f"invalid {kind}: {shorten(first_error(exc))}") from exc
+    except RecursionError as exc:
+        raise InvalidMessage("body is nested too deeply to validate") from exc
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters (an error quoting a huge value stays one line)."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"

@@ -15,9 +15,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from shared import db, logs, startup
+from shared import db, logs, shutdown, startup
 from shared.broker import Broker, FailureSink, Handler
 from shared.messages import Message
+from shared.outages import OutageWait
 from shared.settings import Settings, redact_url
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,17 @@ async def connect_with_retry(
     raise AssertionError("unreachable")
 
 
+async def close_pool(pool: db.Pool, within: float) -> None:
+    """Close the pool gracefully, or terminate its connections after ``within`` seconds
+    (a connection still held by an abandoned handler, a server that does not answer)."""
+    try:
+        async with asyncio.timeout(within):
+            await pool.close()
+    except TimeoutError:
+        logger.warning("the database pool did not close in %.0fs; terminated", within)
+        pool.terminate()
+
+
 async def serve(
     queue: str,
     accepts: tuple[type[Message], ...],
@@ -112,6 +124,7 @@ async def serve(
     def stop_starting() -> None:
         nonlocal signalled
         signalled = True
+        shutdown.arm(grace + shutdown.CLOSE_SECONDS)
         if starting is not None:
             starting.cancel()
 
@@ -153,23 +166,30 @@ async def _serve(
             namespace=settings.broker_namespace,
             delivery_limit=settings.broker_delivery_limit,
             heartbeat=settings.amqp_heartbeat,
+            max_body_bytes=settings.broker_max_body_bytes,
+        )
+        broker.outage = OutageWait(
+            probe=lambda: pool.fetchval("SELECT 1"),
+            max_seconds=settings.database_outage_wait_seconds,
         )
         await connect_with_retry(broker.connect, "RabbitMQ")
         try:
             handler = make_handler(pool, broker, settings)
             if asyncio.iscoroutine(handler):
                 handler = await handler
+            on_failure = make_failure_sink(pool)
             await broker.consume(
                 queue,
                 accepts,
                 handler,  # type: ignore[arg-type]
-                on_failure=make_failure_sink(pool),
+                on_failure=on_failure,
                 prefetch=prefetch,
             )
+            await broker.consume_dead_letters(queue, on_failure=on_failure)
             logger.info("%s ready", queue)
             await broker.run_until_signalled(grace)
         finally:
-            await broker.close()
+            await broker.close(within=shutdown.CLOSE_SECONDS / 2)
     finally:
-        await pool.close()
+        await close_pool(pool, within=shutdown.CLOSE_SECONDS / 2)
     logger.info("%s stopped", queue)

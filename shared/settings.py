@@ -64,7 +64,13 @@ class Settings(BaseSettings):
     broker_namespace: str = "chouette"
     # Deliveries of one message before it is dead-lettered (RabbitMQ x-delivery-limit).
     broker_delivery_limit: int = 5
+    # Bodies longer than this are dead-lettered without being parsed (messages carry ids
+    # and parameters: a few kB).
+    broker_max_body_bytes: int = Field(1024 * 1024, ge=1024)
     amqp_heartbeat: int = 30
+    # A handler failing while PostgreSQL is unreachable waits this long for it to come
+    # back and handles the same delivery again, without spending a delivery attempt.
+    database_outage_wait_seconds: int = Field(900, ge=0)
 
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"

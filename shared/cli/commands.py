@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import re
 import sys
 import uuid
@@ -17,7 +18,7 @@ from typing import Any
 from shared import db
 from shared.cli import queries, render
 from shared.cli.app import FAILED, OK, CommandFailed
-from shared.cli.follow import Listener, follow, stop_on_signals, watch
+from shared.cli.follow import Listener, follow, stop_on_signals, watch, with_reconnect
 from shared.cli.parser import UsageError
 from shared.cli.submit import (
     Publisher,
@@ -77,13 +78,22 @@ async def run_command(
 async def open_pool(settings: Settings) -> AsyncIterator[db.Pool]:
     """A small pool with migrations applied (the CLI may be the first to touch a database)."""
     dsn = settings.database_url.get_secret_value()
+    created: list[db.Pool] = []
     try:
-        pool = await asyncio.wait_for(db.create_pool(dsn, max_size=2), CONNECT_TIMEOUT_S)
+        # No connection floor: while PostgreSQL is away, asyncpg would log a traceback per
+        # attempt to restore it (`--wait` rides out an outage on a connection of its own).
+        created.append(
+            await asyncio.wait_for(db.create_pool(dsn, min_size=0, max_size=2), CONNECT_TIMEOUT_S)
+        )
+        await asyncio.wait_for(created[0].fetchval("SELECT 1"), CONNECT_TIMEOUT_S)  # connects
     except Exception as exc:
+        for unused in created:
+            await unused.close()
         raise CommandFailed(
             f"cannot connect to PostgreSQL at {redact_url(dsn)}: {exc}"
             " (is it running? `chouette services up` starts a local one)"
         ) from None
+    pool = created[0]
     try:
         await db.migrate(pool)
         yield pool
@@ -155,8 +165,10 @@ async def submit_command(
                 publisher = await stack.enter_async_context(open_publisher(settings))
             listener = None
             if args.wait:  # subscribe before publishing: no notification can be missed
-                con = await stack.enter_async_context(pool.acquire())
-                listener = await stack.enter_async_context(Listener(con))
+                dsn = settings.database_url.get_secret_value()
+                listener = await stack.enter_async_context(
+                    Listener.open(functools.partial(db.connect, dsn))
+                )
             await record_and_publish(pool, publisher, message)
             await note_missing_services(publisher, message)
             if listener is None:
@@ -185,6 +197,9 @@ async def record_and_publish(pool: db.Pool, publisher: Publisher, message: Messa
         )
         raise CommandFailed(error) from None
 
+
+# After following ends, how long reading the result may wait for PostgreSQL.
+RECONNECT_WITHIN_S = 60.0
 
 # The services a request goes through, named by the queue each one consumes.
 ROUTES = {
@@ -228,10 +243,15 @@ async def follow_request(
         req = await follow(listener, request_id, view, timeout_s=timeout_s)
     except TimeoutError:
         timed_out = True
-        found = await queries.request(listener.con, request_id)
+        found = await with_reconnect(
+            listener, view, lambda con: queries.request(con, request_id), RECONNECT_WITHIN_S
+        )
         assert found is not None
         req = found
-    return req, await queries.evaluation_for_request(listener.con, req), timed_out
+    evaluation = await with_reconnect(
+        listener, view, lambda con: queries.evaluation_for_request(con, req), RECONNECT_WITHIN_S
+    )
+    return req, evaluation, timed_out
 
 
 async def _wait(listener: Listener, request_id: uuid.UUID, args: argparse.Namespace) -> int:

@@ -15,8 +15,8 @@ import contextlib
 import datetime as dt
 import json
 import uuid
-from collections.abc import Callable
-from typing import Any, TextIO
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TextIO, TypeVar
 
 import asyncpg
 
@@ -24,16 +24,77 @@ from shared.cli import queries
 from shared.cli.render import FINAL, ProgressView, epoch_metrics, fmt, printable, short_id
 
 RECHECK_S = 30.0
+# While PostgreSQL is unreachable, a follower tries to reconnect this often (at most).
+RECONNECT_MAX_S = 10.0
 Event = tuple[str, dict[str, Any]]
+T = TypeVar("T")
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
+
+# What an unreachable or restarting PostgreSQL raises on a connection: not a failure of
+# the request, which goes on in the services.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+RECONNECT_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, TimeoutError)
 
 
 class Listener:
-    """LISTEN on the pipeline's channels; notifications queue up as ``(channel, payload)``."""
+    """LISTEN on the pipeline's channels; notifications queue up as ``(channel, payload)``.
 
-    def __init__(self, con: asyncpg.Connection, channels: tuple[str, ...] = queries.CHANNELS):
+    With ``connect``, the listener owns its connection and can open a new one after
+    PostgreSQL went away (:meth:`reconnect`)."""
+
+    def __init__(
+        self,
+        con: asyncpg.Connection,
+        channels: tuple[str, ...] = queries.CHANNELS,
+        *,
+        connect: Connect | None = None,
+    ):
         self.con = con
         self.channels = channels
+        self.connect = connect
         self.events: asyncio.Queue[Event] = asyncio.Queue()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, connect: Connect) -> AsyncIterator[Listener]:
+        """A listener on a connection of its own, closed at the end (whichever it is then)."""
+        listener = cls(await connect(), connect=connect)
+        try:
+            async with listener:
+                yield listener
+        finally:
+            with contextlib.suppress(Exception):
+                await listener.con.close(timeout=2)
+
+    async def reconnect(self, note: Callable[[str], None], deadline: float | None) -> None:
+        """Wait for PostgreSQL (backoff), then LISTEN again on a new connection. ``note``
+        gets one line when the outage starts. Raises ``TimeoutError`` past ``deadline``."""
+        if self.connect is None:
+            raise ConnectionError("the database connection was lost")
+        note("chouette: PostgreSQL unreachable; still following (the request goes on)")
+        with contextlib.suppress(Exception):
+            self.con.terminate()
+        loop = asyncio.get_running_loop()
+        delay = 0.5
+        while True:
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError("PostgreSQL unreachable until the timeout")
+            try:
+                con = await asyncio.wait_for(self.connect(), 10)
+            except RECONNECT_ERRORS:
+                pause = delay if deadline is None else min(delay, deadline - loop.time())
+                await asyncio.sleep(max(0.0, pause))
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            self.con = con
+            await self.__aenter__()
+            return
 
     def _on_notify(self, _con: object, _pid: int, channel: str, payload: str) -> None:
         try:
@@ -78,11 +139,47 @@ async def follow(
 ) -> dict[str, Any]:
     """Show progress until the request succeeds or fails; return its final row.
 
-    Raises ``TimeoutError`` after ``timeout_s`` seconds.
+    Raises ``TimeoutError`` after ``timeout_s`` seconds. When PostgreSQL goes away it says
+    so in one line, reconnects (a listener with ``connect``) and goes on following.
     """
-    con = listener.con
     loop = asyncio.get_running_loop()
     deadline = None if timeout_s is None else loop.time() + timeout_s
+    while True:
+        try:
+            return await _follow(listener, request_id, view, deadline, timeout_s)
+        except CONNECTION_ERRORS:
+            if listener.connect is None:
+                raise
+            await listener.reconnect(view.note, deadline)
+
+
+async def with_reconnect(
+    listener: Listener,
+    view: ProgressView,
+    read: Callable[[asyncpg.Connection], Awaitable[T]],
+    within_s: float | None = None,
+) -> T:
+    """``read(listener.con)``, reconnecting (for up to ``within_s``) when PostgreSQL is away."""
+    loop = asyncio.get_running_loop()
+    deadline = None if within_s is None else loop.time() + within_s
+    while True:
+        try:
+            return await read(listener.con)
+        except CONNECTION_ERRORS:
+            if listener.connect is None:
+                raise
+            await listener.reconnect(view.note, deadline)
+
+
+async def _follow(
+    listener: Listener,
+    request_id: uuid.UUID,
+    view: ProgressView,
+    deadline: float | None,
+    timeout_s: float | None,
+) -> dict[str, Any]:
+    con = listener.con
+    loop = asyncio.get_running_loop()
     req = await queries.request(con, request_id)
     if req is None:
         raise LookupError(f"no request {request_id}")

@@ -364,6 +364,14 @@ class ProgressView:
         self.stream.flush()
         self._stage, self._last = stage, text
 
+    def note(self, text: str) -> None:
+        """A line of its own between the bars (printed even with the bars off)."""
+        if self.tty and self._stage is not None:
+            self.stream.write("\n")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+        self._stage, self._last = None, ""
+
     def request(self, req: Row, epoch_total: int | None, last_epoch: Row | None) -> None:
         stage = req["stage"]
         progress = req["progress"]

@@ -1,8 +1,9 @@
 """Poison messages never stop a consumer: they end in the dead-letter queue with a failure row.
 
 The fuzz publishes at least 500 hypothesis-generated bodies (random bytes, random JSON,
-valid messages with one field corrupted) through a real RabbitMQ to a real consumer and
-checks after each that the consumer still handles a valid message.
+valid messages with one field corrupted, nesting deeper than the parser's recursion limit)
+through a real RabbitMQ to a real consumer and checks after each that the consumer still
+handles a valid message.
 """
 
 from __future__ import annotations
@@ -48,10 +49,25 @@ def mutated_valid(draw: st.DrawFn) -> bytes:
     return json.dumps(body).encode()
 
 
+@st.composite
+def deeply_nested(draw: st.DrawFn) -> bytes:
+    """Arrays/objects nested past the parser's recursion limit, closed or not, maybe
+    inside an otherwise valid message (``json`` raises ``RecursionError`` on these)."""
+    depth = draw(st.integers(min_value=500, max_value=20_000))
+    opener, closer = draw(st.sampled_from([(b"[", b"]"), (b'{"a":', b"}"), (b'[{"b":', b"}]")]))
+    inner = opener * depth + (b"1" + closer * depth if draw(st.booleans()) else b"")
+    if draw(st.booleans()):
+        key = draw(st.sampled_from(sorted(VALID)))
+        valid = json.dumps({**VALID, key: None}).encode()
+        return valid.replace(b"null", inner, 1)
+    return inner
+
+
 bodies = st.one_of(
     st.binary(max_size=200),
     json_values.map(lambda v: json.dumps(v).encode()),
     mutated_valid(),
+    deeply_nested(),
 )
 
 

@@ -136,11 +136,21 @@ def test_dataset_ready_routing_key_follows_purpose() -> None:
             "model_id",
         ),
         (b"\xff\xfe", "not JSON"),
+        (b"[" * 2000, "nested too deeply"),
+        (b'{"a":' * 10_000, "nested too deeply"),
+        (b'{"schema_version": 1, "type": "ModelReady", "x": ' + b"[" * 5000, "nested too deeply"),
     ],
 )
 def test_bad_bodies_raise_invalid_message(body: bytes, text: str) -> None:
     with pytest.raises(InvalidMessage, match=text):
         parse_message(body)
+
+
+def test_an_error_quoting_a_huge_value_stays_short() -> None:
+    body = b'{"schema_version": "' + b"9" * 1_000_000 + b'"}'
+    with pytest.raises(InvalidMessage, match="unsupported schema_version") as caught:
+        parse_message(body)
+    assert len(str(caught.value)) < 400
 
 
 def test_dates_are_real_dates() -> None:
