@@ -1,11 +1,11 @@
 """Peak memory of a training against its dataset's size: N images vs 10xN images.
 
     .venv/bin/python -m bench.bench_memory [--images 40] [--factor 10] [--arch ResNet50]
-                                           [--image-size 32] [--width 640] [--height 480]
+                                           [--image-size 32] [--width 1024] [--height 768]
 
 Uses ``BENCH_DATABASE_URL`` when set, else starts a private PostgreSQL. Seeds two
 datasets of ``--width``x``--height`` JPEGs (random pixels: they compress poorly, so each
-stored image weighs what a photo does, ~0.3 MB at 640x480), one of ``--images`` images
+stored image weighs what a photo does, ~0.65 MB at 1024x768), one of ``--images`` images
 and one ``--factor`` times larger (80 % train, 20 % val). Each is then trained for one
 epoch by the trainer's own handler (``TrainerHandler``: the splits streamed from
 PostgreSQL into the training's cache directory, ``train``, the weights stored), each in
@@ -137,8 +137,8 @@ def main() -> None:
     parser.add_argument("--arch", default="ResNet50")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--height", type=int, default=768)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each size")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
