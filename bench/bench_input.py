@@ -6,10 +6,11 @@
 Uses ``BENCH_DATABASE_URL`` when set, else starts a private PostgreSQL. Seeds a dataset
 of simulated photos, then times, alternately:
 
-- pipeline: read the train split from Postgres, ``Split.from_rows``, the trainer's
-  ``training_dataset`` (parallel decode + resize, cache, seeded shuffle, batch, prefetch;
-  augmentation off, as the baseline has none) and ``model.fit`` for ``--epochs`` epochs;
-  the first epoch decodes, later ones read the cache — all of it is timed;
+- pipeline: stream the train split from Postgres as the trainer does
+  (``store.split_batches`` into a ``SplitWriter``: decoded and resized once, one file per
+  image), the trainer's ``training_dataset`` (seeded shuffle of indices, parallel reads of
+  the files, batch, prefetch; augmentation off, as the baseline has none) and
+  ``model.fit`` for ``--epochs`` epochs — all of it is timed;
 - baseline: ``model.fit`` of the same network on the already decoded NumPy arrays.
 
 Each side has its own model, warmed up by one untimed epoch (graph tracing). The two
@@ -63,6 +64,23 @@ async def _read_split(dsn: str, dataset_id: int) -> list[tuple[bytes, str, str |
         await pool.close()
 
 
+async def _stream_split(dsn: str, dataset_id: int, folder: Path, image_size: int) -> Any:
+    """The train split as the trainer reads it: streamed into resized files in ``folder``."""
+    from services.trainer import store
+    from services.trainer.image_files import SplitWriter
+    from shared import db
+
+    shutil.rmtree(folder, ignore_errors=True)
+    writer = SplitWriter(folder, image_size, CLASSES)
+    pool = await db.create_pool(dsn)
+    try:
+        async for rows in store.split_batches(pool, dataset_id, "train", 32):
+            await asyncio.to_thread(writer.add, rows)
+    finally:
+        await pool.close()
+    return writer.split()
+
+
 def run(dsn: str, dataset_id: int, args: argparse.Namespace) -> dict[str, Any]:
     import keras
 
@@ -85,10 +103,13 @@ def run(dsn: str, dataset_id: int, args: argparse.Namespace) -> dict[str, Any]:
 
     def pipeline(model: Any, augment: bool, epochs: int) -> float:
         started = time.perf_counter()
-        data = Split.from_rows(asyncio.run(_read_split(dsn, dataset_id)), CLASSES)
+        folder = Path(tempfile.mkdtemp(prefix="chouette-bench-input-files-")) / "train"
+        data = asyncio.run(_stream_split(dsn, dataset_id, folder, args.image_size))
         ds = training_dataset(data, args.image_size, args.batch_size, augment=augment, seed=0)
         model.fit(ds, epochs=epochs, verbose=0)
-        return len(data) * epochs / (time.perf_counter() - started)
+        rate = len(data) * epochs / (time.perf_counter() - started)
+        shutil.rmtree(folder.parent, ignore_errors=True)
+        return rate
 
     def baseline(model: Any, epochs: int) -> float:
         started = time.perf_counter()

@@ -124,8 +124,9 @@ class TrainerSettings(BaseSettings):
     weight_part_bytes: int = 4 * 1024 * 1024
     gpu_mixed_precision: bool = True
     gpu_xla: bool = True
-    # Where tf.data caches decoded images ("" = in memory; a directory for large datasets:
-    # one subdirectory per request, removed when its training ends; services/trainer/cache_dir.py).
+    # Where a training writes its splits' resized images (one private subdirectory per
+    # request, removed when its training ends; "" = a private temporary directory;
+    # services/trainer/cache_dir.py). Needs ~ 12 * image_size**2 bytes per image.
     cache_dir: str = ""
     # A training's lease in Postgres, renewed every third of it while training: another
     # trainer given the same request waits instead of training it twice at once.

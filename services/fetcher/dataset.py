@@ -135,6 +135,12 @@ def _range(spec: DatasetSpec) -> str:
     return f"from {spec.start_date} to {spec.end_date}"
 
 
+def held_downloads(concurrency: int) -> int:
+    """The most downloaded images a build holds at once: twice the requests in flight, so
+    the next downloads overlap the validation and storing of the last ones."""
+    return 2 * max(1, concurrency)
+
+
 class DatasetBuilder:
     def __init__(self, pool: Pool, client: ChouetteClient, settings: FetcherSettings) -> None:
         self.pool = pool
@@ -184,18 +190,26 @@ class DatasetBuilder:
         if progress is not None:
             await progress(done, total)
 
+        # Downloaded images held at once (waiting for validation or for the database): the
+        # client bounds requests in flight, this bounds what they leave behind, whatever the
+        # number of images (a slow database would otherwise buffer the whole dataset).
+        held = asyncio.Semaphore(held_downloads(self.settings.concurrency))
+
         async def fetch(image: ListedImage) -> None:
             nonlocal done
             try:
-                download = await self.client.download(image.url)
-                info = await check_image(download.data, max_pixels=self.settings.max_image_pixels)
-                await store.save_image(
-                    self.pool,
-                    sha256=download.sha256,
-                    data=download.data,
-                    info=info,
-                    source_key=image.source_key,
-                )
+                async with held:
+                    download = await self.client.download(image.url)
+                    info = await check_image(
+                        download.data, max_pixels=self.settings.max_image_pixels
+                    )
+                    await store.save_image(
+                        self.pool,
+                        sha256=download.sha256,
+                        data=download.data,
+                        info=info,
+                        source_key=image.source_key,
+                    )
                 resolved[image.source_key] = download.sha256
                 phashes[download.sha256] = info.phash
             except ImageRejected as exc:

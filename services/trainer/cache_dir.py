@@ -1,4 +1,9 @@
-"""The directory of one training's on-disk ``tf.data`` cache (``TRAINER_CACHE_DIR``).
+"""The directory of one training's on-disk cache of resized images (``TRAINER_CACHE_DIR``).
+
+The trainer writes a request's splits there, resized (``services/trainer/image_files.py``),
+and trains from those files: nothing of a split is held in memory. Without
+``TRAINER_CACHE_DIR`` the directory is a private temporary one (``mkdtemp`` in the
+system's temporary directory), removed the same way.
 
 Each training gets its own directory under ``TRAINER_CACHE_DIR``, named after its request:
 a cache written under a fixed name would be read back by the next request (which would
@@ -14,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +35,14 @@ def request_cache_dir(root: str, request_id: uuid.UUID) -> Path:
 
 @contextlib.contextmanager
 def training_cache_dir(root: str, request_id: uuid.UUID) -> Iterator[str]:
-    """``""`` (cache in memory) without a root; else a fresh, private directory, removed
-    on exit."""
+    """A fresh, private directory for the request's training, removed on exit (under
+    ``root``, or a temporary one without a root)."""
     if not root:
-        yield ""
+        temporary = tempfile.mkdtemp(prefix=f"chouette-{PREFIX}{request_id}-")
+        try:
+            yield temporary
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
         return
     path = request_cache_dir(root, request_id)
     if path.exists():

@@ -1,12 +1,23 @@
-"""The training input: a split's images (bytes from Postgres) → batched ``tf.data`` pipeline.
+"""The training input: a split's images → batched ``tf.data`` pipeline.
 
-    encoded bytes ─map(decode_resize, parallel)─▶ cache ─▶ shuffle(seed) ─▶ batch
+The trainer's splits are on disk (:mod:`services.trainer.image_files`: streamed from
+PostgreSQL a batch at a time, decoded and resized once, one file per image); the pipeline
+shuffles their *indices* and reads each image when it is needed:
+
+    index ─shuffle(seed)─▶ map(read the resized image, parallel) ─▶ batch
         ─▶ map(augment, one batch at a time: services/trainer/augment.py) ─▶ prefetch
 
+so the memory a training needs does not grow with its dataset (a shuffle buffer of
+indices, a few batches in flight). A split held in memory (encoded bytes: tests,
+benchmarks) goes through the former pipeline, whose order and pixels are the same:
+
+    encoded bytes ─map(decode_resize, parallel)─▶ cache ─▶ shuffle(seed) ─▶ batch ─▶ …
+
+(``tf.data``'s shuffle draws the same permutation whatever its elements are.)
+
 Decoding is ``shared.images.decode_resize``, the same op the evaluator and
-``chouette predict`` use. Decoded images are cached (in memory, or in files under
-``cache_dir``), so only the first epoch decodes; augmentation runs after the cache, on
-whole batches, so every epoch sees new variants. The augmentation map is sequential: it
+``chouette predict`` use. Augmentation runs on whole batches after the images are read,
+so every epoch sees new variants. The augmentation map is sequential: it
 draws from one seeded generator, and batches augmented in parallel would take
 the draws in a racy order; in order, the same seed gives the same images (the prefetch
 still overlaps it with training, and each batch's ops use every core). Labels are class
@@ -26,6 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from services.trainer.augment import Augmentation, Augmenter
+from services.trainer.image_files import read_image
 from shared.images import image_dataset, tf_decodable
 
 if TYPE_CHECKING:
@@ -36,13 +48,26 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Split:
-    """One split's encoded images and their class indices, in a fixed order."""
+    """One split's images and their class indices, in a fixed order.
 
-    images: list[bytes]
+    The images are either ``images`` (encoded, in memory) or, when ``folder`` is set, the
+    files of :mod:`services.trainer.image_files` there, already resized to ``image_size``
+    (``images`` is then empty). A split of ``labels`` alone (:meth:`of_tags`) is only
+    counted (checks before the images are read).
+    """
+
+    images: Sequence[bytes]
     labels: np.ndarray  # int32, one per image
+    folder: str = ""
+    image_size: int = 0
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.labels)
+
+    @classmethod
+    def of_tags(cls, tags: Sequence[str], class_names: Sequence[str]) -> Split:
+        index = {name: i for i, name in enumerate(class_names)}
+        return cls((), np.array([index[tag] for tag in tags], dtype=np.int32))
 
     @classmethod
     def from_rows(
@@ -78,6 +103,23 @@ def passes_per_epoch(n_images: int, min_images: int) -> int:
     return max(1, math.ceil(min_images / max(1, n_images)))
 
 
+def _read_from_files(ds: tf.data.Dataset, split: Split, image_size: int) -> tf.data.Dataset:
+    """Indices → (image, label), read from the split's files, in order."""
+    import tensorflow as tf
+
+    if split.image_size != image_size:
+        raise ValueError(
+            f"the split's files are {split.image_size} px; {image_size} px were asked for"
+        )
+    labels = tf.constant(split.labels, dtype=tf.int32)
+    folder = split.folder
+    return ds.map(
+        lambda i: (read_image(folder, image_size, i), tf.gather(labels, i)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
 def _cached(ds: tf.data.Dataset, cache_dir: str, name: str) -> tf.data.Dataset:
     if not cache_dir:
         return ds.cache()
@@ -102,14 +144,20 @@ def training_dataset(
 
     ``augment``: which augmentations (``True``: the default ones, ``False``: none).
     ``passes``: the split is shown this many times per epoch, each in a new order.
+    ``cache_dir``: where a split held in memory caches its decoded images ("": in memory).
     """
     import tensorflow as tf
 
-    ds = image_dataset(split.images, split.labels, image_size)
-    ds = _cached(ds, cache_dir, cache_name)
+    if split.folder:
+        ds = tf.data.Dataset.range(len(split))
+    else:
+        ds = image_dataset(list(split.images), split.labels, image_size)
+        ds = _cached(ds, cache_dir, cache_name)
     ds = ds.shuffle(max(1, len(split)), seed=seed, reshuffle_each_iteration=True)
     if passes > 1:
         ds = ds.repeat(passes)
+    if split.folder:
+        ds = _read_from_files(ds, split, image_size)
     ds = ds.batch(batch_size)
     augmentation = Augmentation() if augment is True else augment or None
     if augmentation is not None and augmentation.active:
@@ -129,6 +177,9 @@ def evaluation_dataset(
     """Decoded, cached, batched, in order: for validation and BatchNorm re-estimation."""
     import tensorflow as tf
 
-    ds = image_dataset(split.images, split.labels, image_size)
-    ds = _cached(ds, cache_dir, cache_name)
+    if split.folder:
+        ds = _read_from_files(tf.data.Dataset.range(len(split)), split, image_size)
+    else:
+        ds = image_dataset(list(split.images), split.labels, image_size)
+        ds = _cached(ds, cache_dir, cache_name)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -2,8 +2,10 @@
 
     find the request's model ── trained already? ──▶ re-emit ModelReady
       │ no
-    load the train/val splits, check them (clear PermanentError when unusable)
+    count the train/val splits' classes, check them (clear PermanentError when unusable)
     model row (one per request) ─▶ discard epochs after the last checkpoint
+    stream the splits from Postgres, a batch of rows at a time, into resized image files
+      in the training's own cache directory (removed when the training ends)
     train in a worker thread (resumes after the checkpoint; epoch rows + checkpoints
       committed by the Recorder on this loop; the AMQP heartbeat keeps flowing)
     one transaction: weights parts + registry row (status trained) + progress
@@ -36,6 +38,7 @@ import time
 import uuid
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -43,6 +46,7 @@ from pydantic import ValidationError
 from services.trainer import store
 from services.trainer.cache_dir import training_cache_dir
 from services.trainer.dataset import Split
+from services.trainer.image_files import SplitWriter
 from services.trainer.recorder import LoopBridge, Recorder
 from services.trainer.training import (
     Accelerator,
@@ -86,6 +90,9 @@ class TrainerHandler:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Compiled networks kept for the next request of the same shape (TRAINER_MODEL_CACHE).
     models: ModelCache[Hashable, Any] | None = None
+    # Images read from Postgres per round trip while writing a split's files: the most
+    # encoded images in memory at once.
+    read_batch: int = 32
     _running: dict[uuid.UUID, asyncio.Future[ModelReady]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -176,6 +183,9 @@ class TrainerHandler:
                     xla=self.settings.gpu_xla,
                 )
             with training_cache_dir(self.settings.cache_dir, msg.request_id) as cache_dir:
+                train_split, val_split = await self._read_splits(
+                    msg.dataset_id, model_id, spec, cache_dir
+                )
                 job = Job(
                     spec=spec,
                     params=params,
@@ -283,12 +293,48 @@ class TrainerHandler:
             )
         except ValidationError as exc:
             raise PermanentError(f"dataset {dataset_id}: {exc.errors()[0]['msg']}") from exc
-        train_rows = await store.split_images(self.pool, dataset_id, "train")
-        val_rows = await store.split_images(self.pool, dataset_id, "val")
-        train_split = await asyncio.to_thread(Split.from_rows, train_rows, spec.class_names)
-        val_split = await asyncio.to_thread(Split.from_rows, val_rows, spec.class_names)
+        # Labels only: the images are read once this trainer holds the lease.
+        train_split = Split.of_tags(
+            await store.split_tags(self.pool, dataset_id, "train"), spec.class_names
+        )
+        val_split = Split.of_tags(
+            await store.split_tags(self.pool, dataset_id, "val"), spec.class_names
+        )
         check_splits(dataset_id, train_split, val_split, spec, self.settings.min_train_images)
         return spec, train_split, val_split
+
+    async def _read_splits(
+        self, dataset_id: int, model_id: int, spec: ModelSpec, cache_dir: str
+    ) -> tuple[Split, Split]:
+        """The train and val splits streamed from Postgres into resized files in ``cache_dir``.
+
+        ``read_batch`` rows per round trip, each batch decoded (in a worker thread) and
+        written before the next is fetched; the lease is renewed meanwhile.
+        """
+        lost = threading.Event()
+        renewer = asyncio.create_task(self._renew_lease(model_id, lost))
+        try:
+            splits = []
+            for name in ("train", "val"):
+                writer = await asyncio.to_thread(
+                    SplitWriter, Path(cache_dir) / f"{name}-images", spec.image_size,
+                    spec.class_names,
+                )  # fmt: skip
+                batches = store.split_batches(self.pool, dataset_id, name, self.read_batch)
+                async with contextlib.aclosing(batches):
+                    async for rows in batches:
+                        await asyncio.to_thread(writer.add, rows)
+                        del rows
+                        if lost.is_set():
+                            raise RetryableError("training lease lost while reading the images")
+                splits.append(writer.split())
+            logger.info(
+                "dataset %d: %d training and %d validation images resized to %d px in %s",
+                dataset_id, len(splits[0]), len(splits[1]), spec.image_size, cache_dir,
+            )  # fmt: skip
+            return splits[0], splits[1]
+        finally:
+            renewer.cancel()
 
     async def _train_in_thread(self, job: Job, msg: DatasetReady, model_id: int) -> Outcome:
         stop = threading.Event()

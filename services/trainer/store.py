@@ -8,7 +8,7 @@ checkpoint were committed together; epochs after it are discarded on resume.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,18 +41,49 @@ async def dataset(con: Executor, dataset_id: int) -> DatasetInfo | None:
     return DatasetInfo(int(row["id"]), tuple(row["tags"]), dict(row["counts"] or {}))
 
 
-async def split_images(
-    con: Executor, dataset_id: int, split: str
-) -> list[tuple[bytes, str, str | None]]:
-    """(bytes, tag, format) of a split, in a stable order (by content hash)."""
+Row = tuple[bytes, str, str | None]  # an image's (bytes, tag, format)
+
+_SPLIT_ROWS = (
+    "SELECT i.bytes, di.tag, i.format FROM dataset_images di"
+    " JOIN images i ON i.sha256 = di.sha256"
+    " WHERE di.dataset_id = $1 AND di.split = $2 ORDER BY di.sha256"
+)
+
+
+async def split_images(con: Executor, dataset_id: int, split: str) -> list[Row]:
+    """(bytes, tag, format) of a split, in a stable order (by content hash); all in memory:
+    for small splits (tests, benchmarks). The trainer reads :func:`split_batches`."""
+    rows = await con.fetch(_SPLIT_ROWS, dataset_id, split)
+    return [(bytes(r["bytes"]), str(r["tag"]), r["format"]) for r in rows]
+
+
+async def split_tags(con: Executor, dataset_id: int, split: str) -> list[str]:
+    """The tags of a split's images, in :func:`split_batches`' order, without their bytes."""
     rows = await con.fetch(
-        "SELECT i.bytes, di.tag, i.format FROM dataset_images di"
-        " JOIN images i ON i.sha256 = di.sha256"
-        " WHERE di.dataset_id = $1 AND di.split = $2 ORDER BY di.sha256",
+        "SELECT tag FROM dataset_images WHERE dataset_id = $1 AND split = $2 ORDER BY sha256",
         dataset_id,
         split,
     )
-    return [(bytes(r["bytes"]), str(r["tag"]), r["format"]) for r in rows]
+    return [str(r["tag"]) for r in rows]
+
+
+async def split_batches(
+    pool: asyncpg.Pool, dataset_id: int, split: str, rows: int
+) -> AsyncGenerator[list[Row], None]:
+    """A split's (bytes, tag, format), in :func:`split_images`' order, ``rows`` per round trip.
+
+    A server-side cursor (one connection, one read-only transaction, while the caller
+    iterates): only one batch of encoded images is in memory at a time, whatever the size
+    of the split. Close the iterator (``contextlib.aclosing``) when leaving early.
+    """
+    async with pool.acquire() as con, con.transaction(readonly=True):
+        cursor = await con.cursor(_SPLIT_ROWS, dataset_id, split)
+        while True:
+            batch = await cursor.fetch(rows)
+            if not batch:
+                return
+            yield [(bytes(r["bytes"]), str(r["tag"]), r["format"]) for r in batch]
+            del batch
 
 
 async def trained_model_id(con: Executor, request_id: uuid.UUID) -> int | None:
