@@ -25,27 +25,26 @@ CLOSE_SECONDS = 5.0
 _armed = threading.Lock()
 
 
-def arm(seconds: float) -> bool:
-    """End the process (exit 0) in ``seconds`` unless it has ended by then.
+SERVICE_WHY = "after the stop signal; exiting now (unsettled messages are redelivered)"
+
+
+def arm(seconds: float, *, code: int = 0, why: str = SERVICE_WHY) -> bool:
+    """End the process (exit ``code``) in ``seconds`` unless it has ended by then.
 
     Only the first call arms the deadline; returns whether this call did.
     """
     if not _armed.acquire(blocking=False):
         return False
-    timer = threading.Timer(seconds, _exit_now, args=(seconds,))
+    timer = threading.Timer(seconds, _exit_now, args=(seconds, code, why))
     timer.daemon = True
     timer.name = "shutdown-deadline"
     timer.start()
     return True
 
 
-def _exit_now(seconds: float) -> None:
-    logger.warning(
-        "still running %.0fs after the stop signal; exiting now (unsettled messages are"
-        " redelivered)",
-        seconds,
-    )
+def _exit_now(seconds: float, code: int, why: str) -> None:
+    logger.warning("still running %.0fs %s", seconds, why)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)

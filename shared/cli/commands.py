@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from shared import db
+from shared import db, shutdown
 from shared.cli import queries, render
 from shared.cli.app import FAILED, OK, CommandFailed
 from shared.cli.follow import Listener, follow, stop_on_signals, watch, with_reconnect
@@ -30,6 +30,9 @@ from shared.cli.submit import (
 )
 from shared.messages import Message
 from shared.settings import Settings, redact_url
+
+# After Ctrl-C, `--wait` ends within this many seconds whatever its connections do.
+CTRL_C_EXIT_SECONDS = 10.0
 
 CONNECT_TIMEOUT_S = 15.0
 CLOSE_TIMEOUT_S = 5.0
@@ -265,7 +268,11 @@ async def _wait(listener: Listener, request_id: uuid.UUID, args: argparse.Namesp
             f"\nchouette: stopped waiting; request {request_id} goes on"
             f" (chouette status {str(request_id)[:8]})",
             file=sys.stderr,
+            flush=True,
         )
+        # Closing the connections is bounded: a close that waits on a busy server (seen
+        # under load: no exit within 60 s) must not keep the command alive.
+        shutdown.arm(CTRL_C_EXIT_SECONDS, code=130, why="after Ctrl-C; exiting now")
         raise
     if args.json:
         print(render.dumps(render.result_json(req, ev)))
