@@ -62,11 +62,11 @@ async def test_postgres_down_for_a_minute_mid_stage(
     tmp_path: Path,
     stage: str,
 ) -> None:
-    env = {}
-    if stage == "fetching":  # ~25 s of downloads: the outage starts in the middle
-        simulator_server.set_faults(latency=0.5)
-        env["FETCHER_CONCURRENCY"] = "2"
+    env = {"FETCHER_CONCURRENCY": "2"} if stage == "fetching" else {}
     async with pipeline_on(servers.amqp_url, private_postgres.url, **env) as pipeline:
+        if stage == "fetching":  # ~25 s of downloads: the outage starts in the middle
+            # Here, not before: entering pipeline_on resets the simulator's faults.
+            simulator_server.set_faults(latency=0.5)
         pipeline.start_all()
         await asyncio.to_thread(pipeline.stack.wait_ready, 400)
         # Submitted and followed by `chouette train --wait`, which must ride out the outage.
