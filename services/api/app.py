@@ -16,12 +16,14 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path as PathLib
 from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Path, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,6 +38,18 @@ from shared.settings import ApiSettings
 logger = logging.getLogger("services.api")
 
 MAX_MODEL_ID = 2**63 - 1
+STATIC = PathLib(__file__).resolve().parent / "static"
+# The page loads its own script, style and images (fetched with the token, shown as blob:
+# URLs) and nothing else: no inline script, no other origin.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self';"
+    " img-src 'self' blob:; connect-src 'self'; form-action 'none'; frame-ancestors 'none';"
+    " base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+_SHA256 = r"^[0-9a-f]{64}$"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -223,6 +237,80 @@ def create_app(settings: ApiSettings, lifespan: Lifespan, version: dict[str, Any
             },
         )
 
+    # -- the results page (read-only) -------------------------------------------------------
+
+    @app.get("/", summary="the results page (HTML)", include_in_schema=False)
+    async def get_page() -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get(
+        "/api/requests",
+        summary="recent requests, in flight first, with their progress",
+        dependencies=[Auth],
+    )
+    async def get_requests(
+        res: Res, limit: Annotated[int, Query(ge=1, le=200)] = 20
+    ) -> dict[str, Any]:
+        return await handlers.recent_requests(res.pool, limit)
+
+    png: dict[str, Any] = {
+        "response_class": Response,
+        "responses": {200: {"content": {"image/png": {}}}},
+    }
+
+    @app.get("/models/{model_id}/curves.png", summary="training curves (PNG)",
+             dependencies=[Auth], **png)  # fmt: skip
+    async def get_curves(
+        res: Res, model_id: Annotated[int, Path(ge=1, le=MAX_MODEL_ID)]
+    ) -> Response:
+        body = await handlers.curves_png(res.pool, model_id)
+        if body is None:
+            raise HTTPException(404, f"no model {model_id}, or no epoch recorded yet")
+        return _png(body)
+
+    @app.get("/evaluations/{evaluation_id}/confusion.png", summary="confusion matrix (PNG)",
+             dependencies=[Auth], **png)  # fmt: skip
+    async def get_confusion(
+        res: Res, evaluation_id: Annotated[int, Path(ge=1, le=MAX_MODEL_ID)]
+    ) -> Response:
+        body = await handlers.confusion_png(res.pool, evaluation_id)
+        if body is None:
+            raise HTTPException(404, f"no evaluation {evaluation_id}")
+        return _png(body)
+
+    @app.get(
+        "/evaluations/{evaluation_id}/misclassified",
+        summary="the images an evaluation got wrong, most confident first",
+        dependencies=[Auth],
+    )
+    async def get_misclassified(
+        res: Res, evaluation_id: Annotated[int, Path(ge=1, le=MAX_MODEL_ID)]
+    ) -> dict[str, Any]:
+        body = await handlers.misclassified(res.pool, evaluation_id)
+        if body is None:
+            raise HTTPException(404, f"no evaluation {evaluation_id}")
+        return body
+
+    @app.get(
+        "/evaluations/{evaluation_id}/misclassified/{sha256}.png",
+        summary="Grad-CAM overlay (PNG) of the predicted class of a misclassified image",
+        dependencies=[Auth],
+        **png,
+    )
+    async def get_misclassified_overlay(
+        res: Res,
+        evaluation_id: Annotated[int, Path(ge=1, le=MAX_MODEL_ID)],
+        sha256: Annotated[str, Path(pattern=_SHA256)],
+    ) -> Response:
+        body = await handlers.misclassified_overlay(res.pool, res.server, evaluation_id, sha256)
+        if body is None:
+            raise HTTPException(
+                404, f"no misclassified image {sha256} in evaluation {evaluation_id}"
+            )
+        return _png(body)
+
     @app.get("/metrics", summary="Prometheus metrics", dependencies=[Auth])
     async def get_metrics(res: Res) -> Response:
         champion = res.server.champion
@@ -233,6 +321,12 @@ def create_app(settings: ApiSettings, lifespan: Lifespan, version: dict[str, Any
         return Response(metrics.text(), media_type=CONTENT_TYPE)
 
     return BodyLimit(app, settings.max_upload_bytes)  # type: ignore[return-value]
+
+
+def _png(body: bytes) -> Response:
+    # Private: the figures may sit behind a token; no-cache: they change as models train.
+    return Response(body, media_type="image/png",
+                    headers={"Cache-Control": "private, no-cache"})  # fmt: skip
 
 
 def _rid(request: Request) -> str:

@@ -8,9 +8,10 @@ from typing import Any
 
 import asyncpg
 
-from services.api import store
+from services.api import figures, results, store
 from services.api.serving import ModelServer, NoModel, ServedModel
 from services.api.uploads import Limits, UploadRejected, check_images
+from shared.cli.gallery import GALLERY_LIMIT  # as many images per evaluation as the report
 
 HEALTH_DB_TIMEOUT_S = 2.0
 
@@ -89,6 +90,51 @@ async def explain(
     return served, await served.explain(image[1], class_name)
 
 
+# -- the results page ----------------------------------------------------------------------
+
+
+async def recent_requests(pool: asyncpg.Pool, limit: int) -> dict[str, Any]:
+    """Requests in flight first, each with its progress as numbers."""
+    rows = await store.recent_requests(pool, limit)
+    return results.requests_body([_json_row(r) for r in rows])
+
+
+async def curves_png(pool: asyncpg.Pool, model_id: int) -> bytes | None:
+    """The model's training curves (PNG), or None when it has no model or no epoch yet."""
+    model = await store.model_title(pool, model_id)
+    epochs = await store.epochs(pool, model_id) if model is not None else []
+    if model is None or not epochs:
+        return None
+    return await asyncio.to_thread(figures.curves_png, model, epochs)
+
+
+async def confusion_png(pool: asyncpg.Pool, evaluation_id: int) -> bytes | None:
+    evaluation = await store.evaluation(pool, evaluation_id)
+    if evaluation is None:
+        return None
+    return await asyncio.to_thread(figures.confusion_png, evaluation)
+
+
+async def misclassified(pool: asyncpg.Pool, evaluation_id: int) -> dict[str, Any] | None:
+    if await store.evaluation(pool, evaluation_id) is None:
+        return None
+    rows = await store.misclassified(pool, evaluation_id, GALLERY_LIMIT)
+    return results.gallery_body(evaluation_id, rows, GALLERY_LIMIT)
+
+
+async def misclassified_overlay(
+    pool: asyncpg.Pool, server: ModelServer, evaluation_id: int, sha256: str
+) -> bytes | None:
+    """The Grad-CAM overlay of the class the model predicted for a misclassified image
+    (what ``chouette report --gallery`` draws), on the model the API loads and keeps."""
+    row = await store.misclassified_image(pool, evaluation_id, sha256)
+    if row is None:
+        return None
+    served = await server.get(int(row["model_id"]))
+    explained = await served.explain(bytes(row["bytes"]), row["predicted"])
+    return bytes(explained.png)
+
+
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:
     """Dates as ISO text, Decimals as floats, NaN as null: JSON any client reads."""
     out: dict[str, Any] = {}
@@ -114,4 +160,16 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-__all__ = ["NoModel", "explain", "health", "list_models", "model_detail", "predict"]
+__all__ = [
+    "NoModel",
+    "confusion_png",
+    "curves_png",
+    "explain",
+    "health",
+    "list_models",
+    "misclassified",
+    "misclassified_overlay",
+    "model_detail",
+    "predict",
+    "recent_requests",
+]

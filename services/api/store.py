@@ -63,3 +63,66 @@ async def evaluations(con: Con, model_id: int) -> list[Row]:
         model_id,
     )
     return [dict(r) for r in rows]
+
+
+# -- the results page (``GET /``): read-only ------------------------------------------------
+
+
+async def recent_requests(con: Con, limit: int) -> list[Row]:
+    """Requests in flight (queued, running) first, then the most recent ones."""
+    rows = await con.fetch(
+        "SELECT request_id, kind, status, stage, progress, error, architecture, dataset_id,"
+        " model_id, evaluation_id, created_at, updated_at, seconds FROM request_progress"
+        " ORDER BY status IN ('queued', 'running') DESC, created_at DESC LIMIT $1",
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def model_title(con: Con, model_id: int) -> Row | None:
+    row = await con.fetchrow("SELECT id AS model_id, architecture FROM models WHERE id = $1",
+                             model_id)  # fmt: skip
+    return None if row is None else dict(row)
+
+
+async def epochs(con: Con, model_id: int) -> list[Row]:
+    rows = await con.fetch(
+        "SELECT epoch, loss, accuracy, val_loss, val_accuracy FROM training_epochs"
+        " WHERE model_id = $1 ORDER BY epoch",
+        model_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def evaluation(con: Con, evaluation_id: int) -> Row | None:
+    row = await con.fetchrow(
+        "SELECT id AS evaluation_id, model_id, dataset_id, split, confusion_matrix, class_names"
+        " FROM evaluations WHERE id = $1",
+        evaluation_id,
+    )
+    return None if row is None else dict(row)
+
+
+async def misclassified(con: Con, evaluation_id: int, limit: int) -> list[Row]:
+    """Images an evaluation got wrong, the most confident mistakes first (as ``chouette
+    report --gallery`` orders them), without their bytes."""
+    rows = await con.fetch(
+        "SELECT sha256, true_label, predicted, probabilities FROM predictions"
+        " WHERE evaluation_id = $1 AND predicted <> true_label"
+        " ORDER BY (probabilities ->> predicted)::float8 DESC, sha256 LIMIT $2",
+        evaluation_id,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def misclassified_image(con: Con, evaluation_id: int, sha256: str) -> Row | None:
+    """One misclassified image of an evaluation with its bytes and the evaluated model."""
+    row = await con.fetchrow(
+        "SELECT p.predicted, e.model_id, i.bytes FROM predictions p"
+        " JOIN evaluations e ON e.id = p.evaluation_id JOIN images i ON i.sha256 = p.sha256"
+        " WHERE p.evaluation_id = $1 AND p.sha256 = $2 AND p.predicted <> p.true_label",
+        evaluation_id,
+        sha256,
+    )
+    return None if row is None else dict(row)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from shared.cli import queries
 from shared.cli.app import OK
@@ -153,7 +153,7 @@ def write_report(model: Row, epochs: list[Row], evaluations: list[Row], out: Pat
     return written
 
 
-def plot_curves(epochs: list[Row], path: Path, *, title: str) -> None:
+def plot_curves(epochs: list[Row], path: Path | BinaryIO, *, title: str) -> None:
     import matplotlib.pyplot as plt
 
     x = [e["epoch"] for e in epochs]
@@ -169,11 +169,13 @@ def plot_curves(epochs: list[Row], path: Path, *, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
-def plot_confusion(matrix: list[list[int]], names: list[str], path: Path, *, title: str) -> None:
+def plot_confusion(
+    matrix: list[list[int]], names: list[str], path: Path | BinaryIO, *, title: str
+) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -190,7 +192,7 @@ def plot_confusion(matrix: list[list[int]], names: list[str], path: Path, *, tit
             color = "white" if peak and counts[i, j] > peak / 2 else "black"
             ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", color=color)
     ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
