@@ -7,7 +7,7 @@ CHOUETTE := $(VENV)/bin/chouette
 # A Docker engine, when one runs, provides RabbitMQ and PostgreSQL; otherwise system binaries.
 DOCKER := $(shell docker info >/dev/null 2>&1 && echo yes)
 
-.PHONY: help venv lock demo test test-load test-fast lint bench services-up services-down compose-check clean
+.PHONY: help venv lock system-deps browser-deps demo test test-load test-fast lint bench services-up services-down compose-check clean
 
 help:
 	@echo "make demo   - set up, train and evaluate a model on the simulator, print the results"
@@ -37,6 +37,10 @@ lock: venv
 system-deps: venv
 	$(PY) -c "from shared.local_services import ensure_binaries; ensure_binaries()"
 
+# Debian's chromium and chromedriver for the results page's browser test (same rule).
+browser-deps: venv
+	$(PY) -c "from shared.local_services import ensure_browser; ensure_browser()"
+
 # With Docker, compose's servers get the local default passwords unless you set your own
 # (then set AMQP_URL and DATABASE_URL to match in .env).
 COMPOSE_SERVERS := POSTGRES_PASSWORD=$${POSTGRES_PASSWORD:-chouette} \
@@ -64,7 +68,7 @@ endif
 
 # Two workers, one test file each at a time: the suite waits on servers and subprocesses
 # as much as it computes, and a file's tests may share a session stack (tests/e2e).
-test: venv system-deps
+test: venv system-deps browser-deps
 	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 # The load fault test alone (also part of make test): 50 training requests, two trainers.

@@ -134,6 +134,19 @@ def ensure_binaries() -> None:
         _apt_install(missing)
 
 
+# Debian's browser and its driver, for the results page's browser test
+# (tests/integration/api/test_page.py, which fails without them rather than skipping).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+def ensure_browser() -> None:
+    """Install ``chromium`` and ``chromium-driver`` when run as root and they are missing
+    (``make test``); otherwise say how."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        _apt_install(["chromium", "chromium-driver"])
+
+
 def _psql_quote(value: str) -> str:
     """A psql meta-command argument holding exactly ``value`` (quotes, backslashes and
     newlines included): single-quoted, ``'`` doubled, ``\\`` and line breaks escaped."""

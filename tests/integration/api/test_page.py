@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from shared import db
+from shared.local_services import CHROMEDRIVER, CHROMIUM
 from tests.integration.api import harness
 from tests.integration.api.conftest import TOKEN, Api
 from tests.integration.api.test_api import call
@@ -28,8 +29,6 @@ from tests.plugins.datasets import create_request
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT_S = 60
 
 
@@ -94,21 +93,22 @@ def page(api: Api) -> Page:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
         pytest.fail(
             f"{' and '.join(missing)} missing: the page test needs Debian's browser"
-            " (apt-get install chromium chromium-driver; .ci/run installs them)"
+            " (apt-get install chromium chromium-driver; `make test` and .ci/run install them"
+            " when root)"
         )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = str(CHROMIUM)
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1280,1000", "--hide-scrollbars"):  # fmt: skip
         options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     try:
         yield driver
     finally:
