@@ -137,6 +137,10 @@ def _leaderboard_row(model_id: int) -> str:
     return f"document.querySelector('#leaderboard tr[data-model-id=\"{model_id}\"]')"
 
 
+def _in_request_row(request_id: uuid.UUID, selector: str) -> str:
+    return f"document.querySelector('#requests tr[data-request-id=\"{request_id}\"] {selector}')"
+
+
 def _rendered(selector: str) -> str:
     """JS: the elements of ``selector`` when there is at least one and every one is an
     image really decoded (``naturalWidth`` > 0), else null."""
@@ -158,9 +162,10 @@ def test_page_shows_requests_leaderboard_and_figures(
     assert _wait(browser, "second model's row", _leaderboard_row(s.other_id))
 
     progress = _wait(
-        browser, "request in flight with a progress bar",
-        f"document.querySelector('#requests tr[data-request-id=\"{page.request_id}\"] progress')",
-    )  # fmt: skip
+        browser,
+        "request in flight with a progress bar",
+        _in_request_row(page.request_id, "progress"),
+    )
     assert (progress.get_attribute("value"), progress.get_attribute("max")) == ("2", "5")
     request_row = browser.execute_script("return arguments[0].closest('tr')", progress)
     assert "training 2/5" in request_row.text and "running" in request_row.text
@@ -261,3 +266,40 @@ async def test_figures_missing_are_404_or_422(page: Page, case: str) -> None:
     }[case]
     status, body, _ = await call(page.api, "GET", path)
     assert status == expected, body
+
+
+async def _advance(page: Page) -> uuid.UUID:
+    """The request in flight reaches epoch 3/5; another fails with an error quoting HTML
+    and a terminal escape (as an answer of the Chouette API could)."""
+    pool = await db.create_pool(page.api.seeded.database_url)
+    try:
+        await pool.execute(
+            "UPDATE training_requests SET progress = 'training 3/5' WHERE id = $1",
+            page.request_id,
+        )
+        failed = await create_request(pool, {"training": {}}, kind="training")
+        await pool.execute(
+            "UPDATE training_requests SET status = 'failed', stage = 'fetching',"
+            " error = $2, finished_at = now() WHERE id = $1",
+            failed,
+            "API said <img src=x onerror=alert(1)><b>no</b>\x1b[31m",
+        )
+    finally:
+        await pool.close()
+    return failed
+
+
+def test_page_follows_changes_and_shows_errors_as_text(page: Page, browser: Any) -> None:
+    browser.get(f"{page.api.url}/#token={TOKEN}")
+    _wait(browser, "progress bar", _in_request_row(page.request_id, "progress"))
+    failed = harness.run(_advance(page))
+    value = _wait(
+        browser,
+        "progress 3/5 without reloading",
+        f"(() => {{ const p = {_in_request_row(page.request_id, 'progress')};"
+        " return p && p.value === 3 ? p.value : null; })()",
+    )
+    assert value == 3
+    error = _wait(browser, "the failed request's error", _in_request_row(failed, "td.error"))
+    assert error.text == "API said <img src=x onerror=alert(1)><b>no</b>\\x1b[31m"
+    assert not error.find_elements("css selector", "img, b")
