@@ -49,8 +49,9 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-const fmt = (v, digits = 3) => (v === null || v === undefined ? "–"
-  : typeof v === "number" && !Number.isInteger(v) ? v.toFixed(digits) : String(v));
+// A metric (digits given) always with its digits, 1 as 1.000; counts and ids as they are.
+const fmt = (v, digits) => (v === null || v === undefined ? "–"
+  : typeof v === "number" && digits !== undefined ? v.toFixed(digits) : String(v));
 const num = (v, digits) => el("td", { class: "num" }, fmt(v, digits));
 
 async function image(path, alt, cls) {
@@ -100,7 +101,7 @@ function drawLeaderboard(models) {
       el("td", { class: "status-" + m.status }, m.status),
       el("td", {}, m.start_date + " … " + m.end_date),
       num(m.image_size), num(m.epochs),
-      num(m.macro_f1), num(m.accuracy), num(m.later_macro_f1), num(m.n_evaluations),
+      num(m.macro_f1, 3), num(m.accuracy, 3), num(m.later_macro_f1, 3), num(m.n_evaluations),
       el("td", {}, m.champion ? "★ champion" : ""));
     row.addEventListener("click", () => { selected = m.model_id; refresh(); });
     return row;
@@ -112,7 +113,8 @@ function drawLeaderboard(models) {
 function perClassTable(ev) {
   const body = ev.class_names.map((name) => {
     const m = (ev.per_class || {})[name] || {};
-    return el("tr", {}, el("td", {}, name), num(m.precision), num(m.recall), num(m.f1), num(m.support));
+    return el("tr", {}, el("td", {}, name), num(m.precision, 3), num(m.recall, 3), num(m.f1, 3),
+      num(m.support));
   });
   return el("table", { class: "per-class" },
     el("thead", {}, el("tr", {}, ...["class", "precision", "recall", "F1", "support"].map(
@@ -131,7 +133,7 @@ async function gallery(ev) {
   const figures = await Promise.all(body.items.map(async (item) => el("figure", {},
     await image(item.overlay, "image " + item.sha256.slice(0, 12), "overlay"),
     el("figcaption", {}, "true ", el("b", {}, item.true_label), ", predicted ",
-      el("b", {}, item.predicted), " (" + fmt(item.confidence) + ")"))));
+      el("b", {}, item.predicted), " (" + fmt(item.confidence, 3) + ")"))));
   section.append(el("div", { class: "gallery" }, ...figures));
   return section;
 }
@@ -156,8 +158,8 @@ async function drawModel(model, requests) {
     el("div", { class: "evaluation", "data-evaluation-id": ev.evaluation_id },
       el("h3", {}, "Evaluation " + ev.evaluation_id + ": dataset " + ev.dataset_id + " (" +
         ev.start_date + " … " + ev.end_date + "), " + ev.split + " split"),
-      el("p", {}, fmt(ev.n_images) + " images: accuracy " + fmt(ev.accuracy) + ", macro F1 " +
-        fmt(ev.macro_f1) + ", balanced accuracy " + fmt(ev.balanced_accuracy)),
+      el("p", {}, fmt(ev.n_images) + " images: accuracy " + fmt(ev.accuracy, 3) + ", macro F1 " +
+        fmt(ev.macro_f1, 3) + ", balanced accuracy " + fmt(ev.balanced_accuracy, 3)),
       el("div", { class: "evaluation-body" },
         await image("/evaluations/" + ev.evaluation_id + "/confusion.png",
           "confusion matrix of evaluation " + ev.evaluation_id, "confusion"),
