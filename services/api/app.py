@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path as PathLib
 from typing import Annotated, Any
 
@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api import handlers
+from services.api.figures import PngCache
 from services.api.metrics import CONTENT_TYPE, Metrics
 from services.api.serving import ModelServer, NoModel
 from services.api.uploads import Limits, UploadRejected
@@ -59,6 +60,8 @@ class Resources:
 
     pool: asyncpg.Pool
     server: ModelServer
+    # The gallery's Grad-CAM overlays already drawn (they never change).
+    overlays: PngCache = field(default_factory=PngCache)
 
 
 Lifespan = Callable[[Metrics], AbstractAsyncContextManager[Resources]]
@@ -304,7 +307,9 @@ def create_app(settings: ApiSettings, lifespan: Lifespan, version: dict[str, Any
         evaluation_id: Annotated[int, Path(ge=1, le=MAX_MODEL_ID)],
         sha256: Annotated[str, Path(pattern=_SHA256)],
     ) -> Response:
-        body = await handlers.misclassified_overlay(res.pool, res.server, evaluation_id, sha256)
+        body = await handlers.misclassified_overlay(
+            res.pool, res.server, res.overlays, evaluation_id, sha256
+        )
         if body is None:
             raise HTTPException(
                 404, f"no misclassified image {sha256} in evaluation {evaluation_id}"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import threading
+from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any
 
 _LOCK = threading.Lock()
@@ -46,3 +48,34 @@ def _draw(plot: Any) -> bytes:
         out = io.BytesIO()
         plot(out)
         return out.getvalue()
+
+
+class PngCache:
+    """The PNGs drawn last, by key, up to ``max_bytes`` in all (the least recently used go
+    first). For the gallery's Grad-CAM overlays: an evaluation's predictions and its model's
+    weights never change, and each overlay costs a model call on the inference thread that
+    ``/predict`` uses too, so a page polling every few seconds must not redraw them."""
+
+    def __init__(self, max_bytes: int = 32 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def get(self, key: Hashable) -> bytes | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: Hashable, value: bytes) -> None:
+        if len(value) > self.max_bytes:
+            return
+        old = self._items.pop(key, None)
+        self._bytes += len(value) - (len(old) if old is not None else 0)
+        self._items[key] = value
+        while self._bytes > self.max_bytes:
+            _, dropped = self._items.popitem(last=False)
+            self._bytes -= len(dropped)

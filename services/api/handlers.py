@@ -123,16 +123,27 @@ async def misclassified(pool: asyncpg.Pool, evaluation_id: int) -> dict[str, Any
 
 
 async def misclassified_overlay(
-    pool: asyncpg.Pool, server: ModelServer, evaluation_id: int, sha256: str
+    pool: asyncpg.Pool,
+    server: ModelServer,
+    cache: figures.PngCache,
+    evaluation_id: int,
+    sha256: str,
 ) -> bytes | None:
     """The Grad-CAM overlay of the class the model predicted for a misclassified image
-    (what ``chouette report --gallery`` draws), on the model the API loads and keeps."""
+    (what ``chouette report --gallery`` draws), on the model the API loads and keeps;
+    drawn once, then from ``cache``."""
+    key = (evaluation_id, sha256)
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
     row = await store.misclassified_image(pool, evaluation_id, sha256)
     if row is None:
         return None
     served = await server.get(int(row["model_id"]))
     explained = await served.explain(bytes(row["bytes"]), row["predicted"])
-    return bytes(explained.png)
+    png = bytes(explained.png)
+    cache.put(key, png)
+    return png
 
 
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:

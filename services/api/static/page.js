@@ -139,9 +139,11 @@ async function gallery(ev) {
 }
 
 async function drawModel(model, requests) {
-  const inFlight = requests.filter((r) => r.in_flight && r.model_id === model.model_id)
-    .map((r) => r.progress);
-  const signature = JSON.stringify([model, inFlight]);
+  // What changes the figures: the model's row and evaluations, or its training's epochs
+  // (an evaluation in progress changes nothing shown until its row lands).
+  const epochs = requests.filter((r) => r.in_flight && r.model_id === model.model_id &&
+    r.stage === "training").map((r) => r.progress);
+  const signature = JSON.stringify([model, epochs]);
   if (signature === modelSignature) return;
   const old = blobUrls;
   blobUrls = [];

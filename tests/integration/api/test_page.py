@@ -253,6 +253,9 @@ async def test_figures_and_gallery(page: Page) -> None:
     assert status == 200
     assert [i["sha256"] for i in body["items"]] == page.wrong
     assert body["items"][0]["overlay"].endswith(f"/misclassified/{page.wrong[0]}.png")
+    # Overlays are drawn once, then served from the API's cache.
+    overlays = page.api.thread.app.state.resources.overlays
+    assert (s.evaluation_id, page.wrong[0]) in overlays
 
 
 @pytest.mark.parametrize("case", ["no epochs", "no evaluation", "right image", "bad sha"])

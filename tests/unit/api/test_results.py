@@ -56,3 +56,17 @@ def test_figures_are_png_bytes() -> None:
                                     "class_names": ["vine", "grass"]})  # fmt: skip
     for png in (curves, matrix):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_png_cache_keeps_the_most_recently_used_within_its_bytes() -> None:
+    cache = figures.PngCache(max_bytes=10)
+    cache.put("a", b"aaaa")
+    cache.put("b", b"bbbb")
+    assert cache.get("a") == b"aaaa"  # now the most recent
+    cache.put("c", b"cccc")  # 12 bytes: the least recently used ("b") goes
+    assert ("a" in cache, "b" in cache, "c" in cache) == (True, False, True)
+    cache.put("a", b"aa")  # replacing counts the new size only
+    cache.put("d", b"dddd")
+    assert ("a" in cache, "c" in cache, "d" in cache) == (True, True, True)
+    cache.put("huge", b"x" * 11)  # larger than the whole cache: not kept, nothing dropped
+    assert "huge" not in cache and cache.get("a") == b"aa"
