@@ -216,6 +216,10 @@ async def test_page_and_its_script_are_open_with_a_strict_policy(page: Page) -> 
     assert "script-src 'self'" in headers["Content-Security-Policy"]
     status, body, _ = await call(page.api, "GET", "/static/page.js", auth=False)
     assert status == 200 and "POLL_MS" in body
+    status, _, _ = await call(page.api, "GET", "/static/index.html", auth=False)
+    assert status == 404  # only the script and the style, by name
+    _, metrics, _ = await call(page.api, "GET", "/metrics")
+    assert 'route="/static/{name}",status="200"' in metrics
 
 
 @pytest.mark.parametrize(
