@@ -215,8 +215,3 @@ def _unrecorded_request(body: bytes | None) -> tuple[str, dict[str, Any]]:
         message.get("purpose") == "evaluation"
     )
     return ("evaluation" if evaluation else "training"), message
-
-
-async def request_status(con: Executor, request_id: uuid.UUID) -> str | None:
-    value = await con.fetchval("SELECT status FROM training_requests WHERE id = $1", request_id)
-    return None if value is None else str(value)

@@ -21,6 +21,7 @@ from shared import db
 from shared.cli.stack import ROOT
 from shared.messages import DatasetReady, TrainingParams
 from tests.integration.cli.helpers import drain
+from tests.plugins import rows
 from tests.plugins.pipeline import Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -60,7 +61,7 @@ async def test_a_handler_that_kills_its_process_ends_the_request_failed(
         process = start_crash_loop(env, log)
         try:
             for _ in range(120):
-                status = await db.request_status(pipeline.pool, request_id)
+                status = await rows.request_status(pipeline.pool, request_id)
                 if process.poll() is not None or status == "failed":
                     break
                 await asyncio.sleep(0.5)

@@ -23,6 +23,7 @@ from shared.messages import DatasetReady, ModelReady
 from shared.runtime import make_failure_sink
 from shared.settings import EvaluatorSettings
 from tests.integration.evaluator import rows
+from tests.plugins import rows as plugin_rows
 
 pytestmark = pytest.mark.integration
 
@@ -221,7 +222,7 @@ async def test_corrupted_weight_part_fails_the_request_and_writes_nothing(
         ModelReady(request_id=request_id, model_id=model_id, dataset_id=dataset_id)
     )
     deadline = time.monotonic() + 120
-    while await db.request_status(pool, request_id) != "failed":
+    while await plugin_rows.request_status(pool, request_id) != "failed":
         assert time.monotonic() < deadline, "the request never failed"
         await asyncio.sleep(0.2)
 

@@ -26,6 +26,7 @@ from shared.messages import (
     parse_message,
 )
 from shared.runtime import make_failure_sink
+from tests.plugins import rows
 from tests.plugins.simulator import SimulatorHandle
 from tests.unit.fetcher.conftest import SleepRecorder, fetcher_settings
 
@@ -326,7 +327,7 @@ async def test_through_the_broker(
     assert isinstance(ready, DatasetReady)
     assert ready.request_id == ok.request_id
     for _ in range(200):
-        status = await db.request_status(pool, winter.request_id)
+        status = await rows.request_status(pool, winter.request_id)
         if status == "failed":
             break
         await asyncio.sleep(0.05)

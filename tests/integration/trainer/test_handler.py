@@ -18,6 +18,7 @@ from shared.images import decode_images
 from shared.messages import DatasetReady, ModelReady, TrainingParams
 from shared.model_cache import ModelCache
 from shared.settings import TrainerSettings
+from tests.plugins import rows
 from tests.plugins.datasets import create_dataset, create_request
 
 pytestmark = pytest.mark.integration
@@ -167,7 +168,7 @@ async def test_interrupted_training_resumes_after_the_last_checkpoint(pool: Any)
     model_id = await pool.fetchval("SELECT id FROM models")
     row = await pool.fetchrow("SELECT status, checkpoint_epoch FROM models")
     assert (row["status"], row["checkpoint_epoch"]) == ("training", 1)
-    assert await weight_store.checkpoint_epochs(pool, model_id) == [1]
+    assert await rows.checkpoint_epochs(pool, model_id) == [1]
     # A stale epoch row past the checkpoint (crash between commits) must not survive.
     await pool.execute(
         "INSERT INTO training_epochs (model_id, epoch, loss) VALUES ($1, 2, 9.9)", model_id

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -18,8 +17,7 @@ from services.trainer.dataset import (
     steps_per_epoch,
     training_dataset,
 )
-from shared import weight_store
-from shared.images import decode_and_resize, decode_image, image_dataset, tf_decodable
+from shared.images import decode_image, image_dataset, tf_decodable
 from shared.modeling import (
     ModelSpec,
     WeightsUnavailable,
@@ -47,7 +45,6 @@ def test_decode_gives_square_float_rgb_0_to_255(fmt: str, mode: str) -> None:
     image = decode_image(encoded(fmt, mode=mode), 32)
     assert image.shape == (32, 32, 3) and image.dtype == np.float32
     assert image.min() >= 0.0 and image.max() <= 255.0 and image.max() > 50
-    assert decode_and_resize is decode_image
 
 
 def test_decode_rejects_what_is_not_an_image() -> None:
@@ -122,63 +119,6 @@ def test_batchnorm_momentum_settles_within_an_epoch() -> None:
     assert momentum_for_steps(10_000) == 0.99
 
 
-class FakeVariable:
-    def __init__(self, path: str, value: np.ndarray) -> None:
-        self.path, self.value = path, value
-        self.shape, self.dtype = value.shape, str(value.dtype)
-
-    def numpy(self) -> np.ndarray:
-        return self.value
-
-    def assign(self, value: Any) -> None:
-        assert value.shape == self.shape
-        self.value = np.array(value)
-
-
-def variables(seed: int) -> list[FakeVariable]:
-    rng = np.random.default_rng(seed)
-    return [
-        FakeVariable("a/kernel", rng.normal(size=(3, 3, 2, 5)).astype(np.float32)),
-        FakeVariable("a/bias", rng.normal(size=(5,)).astype(np.float32)),
-        FakeVariable("step", np.array(7, dtype=np.int64)),
-    ]
-
-
-def decode(parts: list[bytes], targets: list[FakeVariable]) -> weight_store._StreamDecoder:
-    def resolve(header: dict[str, Any]) -> list[Any]:
-        weight_store._match("weights", header["tensors"], targets)
-        return list(targets)
-
-    decoder = weight_store._StreamDecoder(resolve)
-    for part in parts:
-        decoder.feed(part)
-    return decoder
-
-
-@pytest.mark.parametrize("part_bytes", [1, 7, 100, 1 << 20])
-def test_stream_round_trips_at_any_part_size(part_bytes: int) -> None:
-    source, target = variables(0), variables(1)
-    parts = list(weight_store.iter_body_parts(source, kind="weights", part_bytes=part_bytes))
-    assert all(len(p) <= part_bytes for p in parts)
-    decoder = decode(parts, target)
-    decoder.finish(sum(map(len, parts)))
-    assert decoder.header is not None and decoder.header["kind"] == "weights"
-    for s, t in zip(source, target, strict=True):
-        np.testing.assert_array_equal(s.value, t.value)
-
-
-def test_stream_errors() -> None:
-    parts = list(weight_store.iter_body_parts(variables(0), kind="weights", part_bytes=64))
-    with pytest.raises(weight_store.CorruptWeights, match="magic"):
-        decode([b"X" + parts[0][1:], *parts[1:]], variables(1))
-    truncated = decode(parts[:-1], variables(1))
-    with pytest.raises(weight_store.CorruptWeights, match="truncated"):
-        truncated.finish(0)
-    wrong = variables(1)[:2]
-    with pytest.raises(weight_store.WeightsMismatch, match="3 tensors"):
-        decode(parts, wrong)
-
-
 def test_class_weights_balance_counts() -> None:
     weights = class_weights(np.array([0, 0, 0, 1]), 3)
     assert weights[0] == pytest.approx(4 / 6) and weights[1] == pytest.approx(2.0)
@@ -247,42 +187,3 @@ def test_augmented_training_data_is_reproducible_from_the_seed() -> None:
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first[0], first[1])  # a new variant each epoch
     assert not np.array_equal(first[0], other[0])
-
-
-def test_stream_packs_small_tensors_and_slices_large_ones() -> None:
-    rng = np.random.default_rng(2)
-    source = [
-        FakeVariable("small", rng.normal(size=(3,)).astype(np.float32)),  # 12 bytes: packed
-        FakeVariable("large", rng.normal(size=(100,)).astype(np.float32)),  # 400: sliced
-        FakeVariable("empty", np.zeros((0, 4), np.float32)),
-        FakeVariable("tail", np.arange(5, dtype=np.int64)),
-    ]
-    parts = list(weight_store.iter_body_parts(source, kind="weights", part_bytes=128))
-    assert all(0 < len(p) <= 128 for p in parts)
-    # The large tensor's bytes go out as views of its own array, not as copies.
-    views = [p for p in parts if isinstance(p, memoryview)]
-    assert sum(len(v) for v in views) >= 400
-    target = [FakeVariable(v.path, np.full_like(v.value, 9)) for v in source]
-    decoder = decode([bytes(p) for p in parts], target)
-    decoder.finish(sum(map(len, parts)))
-    for s, t in zip(source, target, strict=True):
-        np.testing.assert_array_equal(s.value, t.value)
-
-
-def test_decoder_skips_tensors_without_a_target() -> None:
-    source = variables(0)
-    parts = list(weight_store.iter_body_parts(source, kind="weights", part_bytes=16))
-    kept = variables(1)
-    decoder = weight_store._StreamDecoder(lambda header: [kept[0], None, kept[2]])
-    for part in parts:
-        decoder.feed(part)
-    decoder.finish(0)
-    np.testing.assert_array_equal(kept[0].value, source[0].value)
-    assert not np.array_equal(kept[1].value, source[1].value)  # left alone
-    np.testing.assert_array_equal(kept[2].value, source[2].value)
-
-
-def test_decoder_rejects_bytes_after_the_last_tensor() -> None:
-    parts = list(weight_store.iter_body_parts(variables(0), kind="weights"))
-    with pytest.raises(weight_store.CorruptWeights, match="3 unexpected bytes"):
-        decode([*parts, b"xyz"], variables(1))
