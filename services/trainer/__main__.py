@@ -11,7 +11,8 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
-from services.trainer.handler import TrainerHandler, training_in_progress  # noqa: E402
+from services.trainer.handler import TrainerHandler  # noqa: E402
+from services.trainer.thread import training_in_progress  # noqa: E402
 from shared.broker import TRAINER, Broker  # noqa: E402
 from shared.db import Pool  # noqa: E402
 from shared.messages import DatasetReady  # noqa: E402

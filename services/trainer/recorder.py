@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from services.trainer import store
-from services.trainer.training import EpochResult, TrainingAbandoned
+from services.trainer.records import EpochResult, TrainingAbandoned
 from shared import db, weight_store
 
 if TYPE_CHECKING:

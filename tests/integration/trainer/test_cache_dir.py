@@ -13,7 +13,8 @@ import pytest
 from services.trainer.cache_dir import request_cache_dir
 from services.trainer.dataset import training_dataset
 from services.trainer.handler import TrainerHandler
-from services.trainer.training import Job, Outcome
+from services.trainer.records import Outcome
+from services.trainer.training import Job
 from shared.errors import PermanentError
 from shared.messages import DatasetReady, TrainingParams
 from shared.settings import TrainerSettings
@@ -33,7 +34,7 @@ class Seen:
     def __init__(self) -> None:
         self.runs: list[dict[str, Any]] = []
 
-    async def __call__(self, job: Job, msg: Any, model_id: int) -> Outcome:
+    async def __call__(self, job: Job, msg: Any, lease: Any) -> Outcome:
         cached = await asyncio.to_thread(_image_sums, job, job.cache_dir)
         own = await asyncio.to_thread(_image_sums, job, "")
         self.runs.append({"cache_dir": job.cache_dir, "cached": cached, "own": own})

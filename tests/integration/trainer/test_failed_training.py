@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from services.trainer.handler import TrainerHandler
-from services.trainer.training import Job, Outcome
+from services.trainer.records import Outcome
+from services.trainer.training import Job
 from shared.errors import PermanentError
 from shared.messages import DatasetReady, TrainingParams
 from shared.settings import TrainerSettings
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.integration
 async def test_a_failed_training_removes_its_checkpoints(
     pool: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def fails_after_a_checkpoint(_: Any, job: Job, msg: Any, model_id: int) -> Outcome:
+    async def fails_after_a_checkpoint(_: Any, job: Job, msg: Any, lease: Any) -> Outcome:
+        model_id = lease.model_id
         await pool.execute(
             "INSERT INTO model_checkpoints (model_id, epoch, part, bytes) VALUES ($1, 1, 0, $2)",
             model_id,

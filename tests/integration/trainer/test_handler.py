@@ -11,7 +11,8 @@ import pytest
 
 from services.trainer import store
 from services.trainer.handler import TrainerHandler
-from services.trainer.training import Hooks, Job, Outcome, TrainingAbandoned, train
+from services.trainer.records import Hooks, Outcome, TrainingAbandoned
+from services.trainer.training import Job, train
 from shared import weight_store
 from shared.errors import PermanentError, RetryableError
 from shared.images import decode_images

@@ -11,7 +11,8 @@ import pytest
 
 from services.trainer import store
 from services.trainer.handler import TrainerHandler
-from services.trainer.training import Job, Outcome
+from services.trainer.records import Outcome
+from services.trainer.training import Job
 from shared.errors import PermanentError
 from shared.messages import DatasetReady, TrainingParams
 from shared.settings import TrainerSettings
@@ -55,7 +56,7 @@ async def test_the_trainer_never_holds_more_than_a_batch_of_encoded_images(
     seen: list[Job] = []
     sizes: list[list[int]] = []
 
-    async def stand_in(self: Any, job: Job, msg: Any, model_id: int) -> Outcome:
+    async def stand_in(self: Any, job: Job, msg: Any, lease: Any) -> Outcome:
         seen.append(job)
         sizes.append(file_sizes(job.train.folder))
         raise PermanentError("stopped by the test after reading the input")
@@ -105,7 +106,7 @@ async def test_without_a_cache_dir_the_files_go_to_a_temporary_directory_removed
 ) -> None:
     folders: list[str] = []
 
-    async def stand_in(self: Any, job: Job, msg: Any, model_id: int) -> Outcome:
+    async def stand_in(self: Any, job: Job, msg: Any, lease: Any) -> Outcome:
         folders.append(job.train.folder)
         assert file_sizes(job.train.folder)
         raise PermanentError("stopped by the test after reading the input")
