@@ -211,7 +211,7 @@ def _unrecorded_request(body: bytes | None) -> tuple[str, dict[str, Any]]:
             message = None
     if not isinstance(message, dict):
         return "training", {}
-    evaluation = message.get("type") == "EvaluationRequested" or (
-        message.get("purpose") == "evaluation"
+    evaluation = message.get("type") in ("EvaluationRequested", "EvaluationDatasetReady") or (
+        message.get("purpose") == "evaluation"  # a DatasetReady of an earlier version
     )
     return ("evaluation" if evaluation else "training"), message

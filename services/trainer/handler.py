@@ -1,4 +1,4 @@
-"""DatasetReady(training) → a trained model in Postgres → ModelReady.
+"""TrainingDatasetReady → a trained model in Postgres → ModelReady.
 
     find the request's model ── trained already? ──▶ re-emit ModelReady
       │ no
@@ -57,8 +57,8 @@ from services.trainer.training import (
     train,
 )
 from shared import db, weight_store
-from shared.errors import InvalidMessage, PermanentError, RetryableError
-from shared.messages import DatasetReady, ModelReady, TrainingParams
+from shared.errors import PermanentError, RetryableError
+from shared.messages import ModelReady, TrainingDatasetReady, TrainingParams
 from shared.model_cache import ModelCache
 from shared.modeling import ModelSpec, library_versions
 from shared.settings import TrainerSettings
@@ -74,7 +74,7 @@ TrainFn = Callable[[Job, Hooks, threading.Event], Outcome]
 
 @dataclass
 class TrainerHandler:
-    """``await handler(DatasetReady)`` → :class:`ModelReady`; idempotent per request id."""
+    """``await handler(TrainingDatasetReady)`` → :class:`ModelReady`; idempotent per request id."""
 
     pool: db.Pool
     settings: TrainerSettings = field(default_factory=TrainerSettings)
@@ -96,15 +96,13 @@ class TrainerHandler:
         if self.models is None:
             self.models = ModelCache(self.settings.model_cache)
 
-    async def __call__(self, msg: DatasetReady) -> ModelReady:
+    async def __call__(self, msg: TrainingDatasetReady) -> ModelReady:
         """Run (or join) the request's training; the delivery only waits for it.
 
         The work is a task of its own: when RabbitMQ closes the channel under a long
         training (``consumer_timeout``), aio-pika cancels the delivery, not the training,
         and the redelivery joins it. Only a shutdown (``stopping`` set) abandons the work.
         """
-        if msg.purpose != "training" or msg.training is None:
-            raise InvalidMessage("the trainer takes DatasetReady messages for training")
         work = self._running.get(msg.request_id)
         if work is None:
             work = asyncio.ensure_future(self._handle(msg))
@@ -127,8 +125,7 @@ class TrainerHandler:
                 )
             raise
 
-    async def _handle(self, msg: DatasetReady) -> ModelReady:
-        assert msg.training is not None
+    async def _handle(self, msg: TrainingDatasetReady) -> ModelReady:
         started = time.monotonic()
         params = msg.training
         await db.ensure_request(
@@ -221,7 +218,7 @@ class TrainerHandler:
         )  # fmt: skip
         return ModelReady(request_id=msg.request_id, model_id=model_id, dataset_id=msg.dataset_id)
 
-    async def _already_trained(self, msg: DatasetReady) -> ModelReady | None:
+    async def _already_trained(self, msg: TrainingDatasetReady) -> ModelReady | None:
         model_id = await store.trained_model_id(self.pool, msg.request_id)
         if model_id is None:
             return None
@@ -296,7 +293,9 @@ class TrainerHandler:
         finally:
             renewer.cancel()
 
-    async def _train_in_thread(self, job: Job, msg: DatasetReady, lease: TrainingLease) -> Outcome:
+    async def _train_in_thread(
+        self, job: Job, msg: TrainingDatasetReady, lease: TrainingLease
+    ) -> Outcome:
         model_id = lease.model_id
         stop = threading.Event()
         recorder = Recorder(
@@ -329,7 +328,7 @@ class TrainerHandler:
 
     async def _finish(
         self,
-        msg: DatasetReady,
+        msg: TrainingDatasetReady,
         model_id: int,
         outcome: Outcome,
         hyperparams: dict[str, Any],
@@ -360,7 +359,7 @@ class TrainerHandler:
             )
             await weight_store.delete_checkpoints(con, model_id)
             await db.set_stage(
-                con, msg.request_id, STAGE, f"training {last}/{msg.training.epochs}",  # type: ignore[union-attr]
+                con, msg.request_id, STAGE, f"training {last}/{msg.training.epochs}",
                 dataset_id=msg.dataset_id, model_id=model_id,
             )  # fmt: skip
 

@@ -19,7 +19,7 @@ from services.evaluator import store
 from services.evaluator.handler import Evaluator, NoImagesToEvaluate
 from shared import db, images, weight_store
 from shared.broker import EVALUATOR, Broker
-from shared.messages import DatasetReady, ModelReady
+from shared.messages import EvaluationDatasetReady, ModelReady
 from shared.runtime import make_failure_sink
 from shared.settings import EvaluatorSettings
 from tests.integration.evaluator import rows
@@ -162,9 +162,8 @@ async def test_another_date_range_with_an_absent_class(pool: db.Pool) -> None:
     request_id = await rows.request(pool, kind="evaluation")
 
     out = await evaluator(pool)(
-        DatasetReady(
+        EvaluationDatasetReady(
             request_id=request_id,
-            purpose="evaluation",
             dataset_id=other_id,
             model_id=model_id,
             split="all",
@@ -214,7 +213,7 @@ async def test_corrupted_weight_part_fails_the_request_and_writes_nothing(
 
     await broker.consume(
         EVALUATOR,
-        (ModelReady, DatasetReady),
+        (ModelReady, EvaluationDatasetReady),
         evaluator(pool),
         on_failure=make_failure_sink(pool),
     )

@@ -16,7 +16,7 @@ from services.trainer.training import Job, train
 from shared import weight_store
 from shared.errors import PermanentError, RetryableError
 from shared.images import decode_images
-from shared.messages import DatasetReady, ModelReady, TrainingParams
+from shared.messages import ModelReady, TrainingDatasetReady, TrainingParams
 from shared.model_cache import ModelCache
 from shared.settings import TrainerSettings
 from tests.plugins import rows
@@ -34,7 +34,9 @@ def trainer_settings(**kw: Any) -> TrainerSettings:
     return TrainerSettings(_env_file=None, **kw)  # type: ignore[call-arg]
 
 
-def ready(dataset_id: int, request_id: uuid.UUID | None = None, **params: Any) -> DatasetReady:
+def ready(
+    dataset_id: int, request_id: uuid.UUID | None = None, **params: Any
+) -> TrainingDatasetReady:
     training = TrainingParams(
         **{
             "architecture": "ResNet50",
@@ -45,9 +47,8 @@ def ready(dataset_id: int, request_id: uuid.UUID | None = None, **params: Any) -
             **params,
         }
     )
-    return DatasetReady(
+    return TrainingDatasetReady(
         request_id=request_id or uuid.uuid4(),
-        purpose="training",
         dataset_id=dataset_id,
         training=training,
     )
