@@ -51,6 +51,7 @@ from shared.errors import InvalidMessage, PermanentError
 from shared.logs import request_context
 from shared.messages import Message, RequestFailed, parse_message, shorten
 from shared.outages import OutageWait
+from shared.request_state import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,12 @@ BINDINGS: dict[str, tuple[str, ...]] = {
     EVENTS: ("model.evaluated", "request.failed"),
 }
 # The stage a request is in while a queue's consumer works on it (for failure rows).
-STAGES = {FETCHER: "fetching", TRAINER: "training", EVALUATOR: "evaluating", EVENTS: "done"}
+STAGES = {
+    FETCHER: Stage.FETCHING,
+    TRAINER: Stage.TRAINING,
+    EVALUATOR: Stage.EVALUATING,
+    EVENTS: Stage.DONE,
+}
 
 # A delivery handled again after this many outages is requeued (a database that flaps).
 MAX_OUTAGES_PER_DELIVERY = 10

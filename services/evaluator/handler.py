@@ -176,7 +176,7 @@ class Evaluator:
             return await store.image_bytes(self.pool, shas)
 
         async def progress(done: int, total: int) -> None:
-            await store.mark_progress(self.pool, request_id, f"scoring {done}/{total}")
+            await store.mark_progress(self.pool, request_id, done, total)
 
         scores = await scoring.score(
             predict,

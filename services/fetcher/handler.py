@@ -29,11 +29,12 @@ from shared.messages import (
     TrainingDatasetReady,
     TrainingRequested,
 )
+from shared.request_state import Progress, Stage
 from shared.settings import FetcherSettings
 
 logger = logging.getLogger(__name__)
 
-STAGE = "fetching"
+STAGE = Stage.FETCHING
 # Evaluation datasets get the default split of a training request: the same range then is
 # the same dataset row, whichever request fetched it first.
 EVALUATION_SPLIT = SplitParams()
@@ -55,7 +56,7 @@ class ProgressWriter:
             return
         self._busy, self._last = True, now
         try:
-            await db.set_progress(self.pool, self.request_id, f"{STAGE} {done}/{total}")
+            await db.set_progress(self.pool, self.request_id, Progress(STAGE, done, total))
         finally:
             self._busy = False
 
@@ -127,7 +128,7 @@ class FetcherHandler:
             self.pool,
             request_id,
             STAGE,
-            f"{STAGE} {report.n_images}/{report.n_images}",
+            Progress(STAGE, report.n_images, report.n_images),
             dataset_id=report.dataset_id,
         )
         logger.info(

@@ -61,11 +61,12 @@ from shared.errors import PermanentError, RetryableError
 from shared.messages import ModelReady, TrainingDatasetReady, TrainingParams
 from shared.model_cache import ModelCache
 from shared.modeling import ModelSpec, library_versions
+from shared.request_state import Progress, Stage
 from shared.settings import TrainerSettings
 
 logger = logging.getLogger(__name__)
 
-STAGE = "training"
+STAGE = Stage.TRAINING
 
 T = TypeVar("T")
 
@@ -170,7 +171,7 @@ class TrainerHandler:
                 self.pool,
                 msg.request_id,
                 STAGE,
-                f"training {model_row.checkpoint_epoch}/{params.epochs}",
+                Progress("training", model_row.checkpoint_epoch, params.epochs),
                 dataset_id=msg.dataset_id,
                 model_id=model_id,
             )
@@ -359,7 +360,7 @@ class TrainerHandler:
             )
             await weight_store.delete_checkpoints(con, model_id)
             await db.set_stage(
-                con, msg.request_id, STAGE, f"training {last}/{msg.training.epochs}",
+                con, msg.request_id, STAGE, Progress("training", last, msg.training.epochs),
                 dataset_id=msg.dataset_id, model_id=model_id,
             )  # fmt: skip
 

@@ -21,7 +21,8 @@ from typing import Any, TextIO, TypeVar
 import asyncpg
 
 from shared.cli import queries
-from shared.cli.render import FINAL, ProgressView, epoch_metrics, fmt, printable, short_id
+from shared.cli.render import ProgressView, epoch_metrics, fmt, printable, short_id
+from shared.request_state import FINAL
 
 RECHECK_S = 30.0
 # While PostgreSQL is unreachable, a follower tries to reconnect this often (at most).

@@ -98,6 +98,7 @@ async def test_training_request_stores_a_split_dataset(
     assert request["kind"] == "training"
     assert (request["status"], request["stage"]) == ("running", "fetching")
     assert request["progress"] == "fetching 21/21"
+    assert (request["progress_done"], request["progress_total"]) == (21, 21)
     assert request["dataset_id"] == ready.dataset_id
     assert request["params"]["training"]["architecture"] == "ResNet50"
     assert simulator.stats["downloads"] == 21

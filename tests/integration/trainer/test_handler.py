@@ -114,6 +114,7 @@ async def test_trains_records_registry_and_reemits_on_redelivery(pool: Any) -> N
     assert await pool.fetchval("SELECT count(*) FROM model_checkpoints") == 0
     request = await pool.fetchrow("SELECT * FROM training_requests WHERE id = $1", request_id)
     assert (request["stage"], request["progress"]) == ("training", "training 2/2")
+    assert (request["progress_done"], request["progress_total"]) == (2, 2)
     assert request["model_id"] == out.model_id and request["dataset_id"] == dataset_id
 
     # Redelivered after the commit: the same model again, nothing duplicated, no training.
