@@ -46,7 +46,7 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
-from shared import dead_letters, shutdown
+from shared import backoff, dead_letters, shutdown
 from shared.errors import InvalidMessage, PermanentError
 from shared.logs import request_context
 from shared.messages import Message, RequestFailed, parse_message, shorten
@@ -303,7 +303,7 @@ class Broker:
                 error = f"gave up after {attempt} attempts: {text}"
                 await self._fail(incoming, queue, stage, error, request_id, on_failure)
                 return False
-            delay = min(self.retry_backoff * 2 ** (attempt - 1), self.retry_backoff_max)
+            delay = backoff.delay(attempt - 1, self.retry_backoff, self.retry_backoff_max)
             logger.warning("attempt %d failed (%s); requeue in %.1fs", attempt, text, delay)
             await asyncio.sleep(delay)
             await incoming.nack(requeue=True)

@@ -15,7 +15,7 @@ import datetime as dt
 import functools
 import json
 import uuid
-from typing import Annotated, Any, ClassVar, Final, Literal, get_args
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,21 +27,18 @@ from pydantic import (
     model_validator,
 )
 
+from shared.choices import (
+    TAGS,
+    Architecture,
+    LrSchedule,
+    Optimizer,
+    Split,
+    Tag,
+)
 from shared.errors import InvalidMessage
 
 SCHEMA_VERSION: Final = 1
 
-Architecture = Literal[
-    "ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2"
-]
-ARCHITECTURES: Final[tuple[str, ...]] = get_args(Architecture)
-Tag = Literal["vine", "ground", "grass"]
-TAGS: Final[tuple[str, ...]] = get_args(Tag)
-Optimizer = Literal["adam", "sgd", "rmsprop", "adagrad"]
-OPTIMIZERS: Final[tuple[str, ...]] = get_args(Optimizer)
-LrSchedule = Literal["cosine", "constant"]
-LR_SCHEDULES: Final[tuple[str, ...]] = get_args(LrSchedule)
-Split = Literal["train", "val", "test", "all"]
 
 MIN_IMAGE_SIZE: Final = 32
 MAX_IMAGE_SIZE: Final = 1024

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from shared import weight_store
-from shared.messages import ARCHITECTURES
+from shared.choices import ARCHITECTURES
 from shared.modeling import ModelSpec, build_model
 from tests.plugins import rows
 from tests.plugins.datasets import create_dataset, create_request

@@ -9,9 +9,9 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
+from shared.choices import ARCHITECTURES
 from shared.errors import InvalidMessage
 from shared.messages import (
-    ARCHITECTURES,
     DatasetSpec,
     EvaluationDatasetReady,
     EvaluationRequested,
