@@ -83,7 +83,7 @@ async def _seed(dsn: str, sizes: list[int], width: int, height: int) -> list[tup
 async def _train(dsn: str, dataset_id: int, args: argparse.Namespace) -> int:
     from services.trainer.handler import TrainerHandler
     from shared import db
-    from shared.messages import DatasetReady, TrainingParams
+    from shared.messages import TrainingDatasetReady, TrainingParams
     from shared.settings import TrainerSettings
     from tests.plugins.datasets import create_request
 
@@ -102,9 +102,7 @@ async def _train(dsn: str, dataset_id: int, args: argparse.Namespace) -> int:
             min_images_per_epoch=0,
         )
         ready = await handler(
-            DatasetReady(
-                request_id=request_id, purpose="training", dataset_id=dataset_id, training=params
-            )
+            TrainingDatasetReady(request_id=request_id, dataset_id=dataset_id, training=params)
         )
         return ready.model_id
     finally:

@@ -46,11 +46,12 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
-from shared import dead_letters, shutdown
+from shared import backoff, dead_letters, shutdown
 from shared.errors import InvalidMessage, PermanentError
 from shared.logs import request_context
 from shared.messages import Message, RequestFailed, parse_message, shorten
 from shared.outages import OutageWait
+from shared.request_state import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,12 @@ BINDINGS: dict[str, tuple[str, ...]] = {
     EVENTS: ("model.evaluated", "request.failed"),
 }
 # The stage a request is in while a queue's consumer works on it (for failure rows).
-STAGES = {FETCHER: "fetching", TRAINER: "training", EVALUATOR: "evaluating", EVENTS: "done"}
+STAGES = {
+    FETCHER: Stage.FETCHING,
+    TRAINER: Stage.TRAINING,
+    EVALUATOR: Stage.EVALUATING,
+    EVENTS: Stage.DONE,
+}
 
 # A delivery handled again after this many outages is requeued (a database that flaps).
 MAX_OUTAGES_PER_DELIVERY = 10
@@ -297,7 +303,7 @@ class Broker:
                 error = f"gave up after {attempt} attempts: {text}"
                 await self._fail(incoming, queue, stage, error, request_id, on_failure)
                 return False
-            delay = min(self.retry_backoff * 2 ** (attempt - 1), self.retry_backoff_max)
+            delay = backoff.delay(attempt - 1, self.retry_backoff, self.retry_backoff_max)
             logger.warning("attempt %d failed (%s); requeue in %.1fs", attempt, text, delay)
             await asyncio.sleep(delay)
             await incoming.nack(requeue=True)

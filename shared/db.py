@@ -20,6 +20,7 @@ import asyncpg
 
 from shared.errors import RetryableError
 from shared.messages import truncate
+from shared.request_state import FINAL, Progress, Stage, Status
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +112,10 @@ async def ensure_request(
 async def set_stage(
     con: Executor,
     request_id: uuid.UUID,
-    stage: str,
-    progress: str | None = None,
+    stage: Stage,
+    progress: Progress | str | None = None,
     *,
-    status: str = "running",
+    status: Status = Status.RUNNING,
     **ids: int,
 ) -> None:
     """Move a request to ``stage`` (and optionally record dataset/model/evaluation ids).
@@ -126,12 +127,22 @@ async def set_stage(
     unknown = set(ids) - allowed
     if unknown:
         raise ValueError(f"unknown id columns: {sorted(unknown)}")
-    sets = ["stage = $2", "progress = $3", "status = $4", "updated_at = now()"]
-    args: list[Any] = [request_id, stage, progress, status]
+    if isinstance(progress, str):
+        progress = Progress(progress)
+    sets = [
+        "stage = $2",
+        "progress = $3",
+        "progress_done = $4",
+        "progress_total = $5",
+        "status = $6",
+        "updated_at = now()",
+    ]
+    args: list[Any] = [request_id, Stage(stage).value, *_progress_columns(progress)]
+    args.append(Status(status).value)
     for column in sorted(ids):  # column names come from the fixed set above
         args.append(ids[column])
         sets.append(f"{column} = ${len(args)}")
-    if status in ("succeeded", "failed"):
+    if status in FINAL:
         sets.append("finished_at = now()")
     await con.execute(
         f"UPDATE training_requests SET {', '.join(sets)}"  # noqa: S608
@@ -140,13 +151,20 @@ async def set_stage(
     )
 
 
-async def set_progress(con: Executor, request_id: uuid.UUID, progress: str) -> None:
+async def set_progress(con: Executor, request_id: uuid.UUID, progress: Progress) -> None:
     await con.execute(
-        "UPDATE training_requests SET progress = $2, updated_at = now()"
+        "UPDATE training_requests SET progress = $2, progress_done = $3, progress_total = $4,"
+        " updated_at = now()"
         " WHERE id = $1 AND status NOT IN ('succeeded', 'failed')",
         request_id,
-        progress,
+        *_progress_columns(progress),
     )
+
+
+def _progress_columns(progress: Progress | None) -> tuple[str | None, int | None, int | None]:
+    if progress is None:
+        return None, None, None
+    return progress.text, progress.done, progress.total
 
 
 async def record_failure(
@@ -211,12 +229,7 @@ def _unrecorded_request(body: bytes | None) -> tuple[str, dict[str, Any]]:
             message = None
     if not isinstance(message, dict):
         return "training", {}
-    evaluation = message.get("type") == "EvaluationRequested" or (
-        message.get("purpose") == "evaluation"
+    evaluation = message.get("type") in ("EvaluationRequested", "EvaluationDatasetReady") or (
+        message.get("purpose") == "evaluation"  # a DatasetReady of an earlier version
     )
     return ("evaluation" if evaluation else "training"), message
-
-
-async def request_status(con: Executor, request_id: uuid.UUID) -> str | None:
-    value = await con.fetchval("SELECT status FROM training_requests WHERE id = $1", request_id)
-    return None if value is None else str(value)

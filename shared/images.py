@@ -142,7 +142,3 @@ def image_dataset(
         num_parallel_calls=calls,
         deterministic=True,
     )
-
-
-# The name ``chouette predict`` uses; the same function.
-decode_and_resize = decode_image

@@ -89,10 +89,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on ``host:port`` now."""
     with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        s.settimeout(timeout)
+        return s.connect_ex((host, port)) == 0
 
 
 def _apt_install(packages: list[str]) -> None:
@@ -285,7 +286,7 @@ class PostgresServer:
             finally:
                 await con.close()
 
-        if not _port_open(self.port):
+        if not port_open(self.port):
             return False
         try:
             return _run_sync(check)
@@ -466,7 +467,7 @@ class RabbitServer:
 
     def healthy(self) -> bool:
         """An AMQP connection with the configured credentials is the health check."""
-        if not _port_open(self.port):
+        if not port_open(self.port):
             return False
         import aio_pika
 

@@ -1,7 +1,7 @@
 """Every message the services exchange, on one screen.
 
-    chouette train    ─TrainingRequested─▶ fetcher ─DatasetReady(training)─▶ trainer ─ModelReady─┐
-    chouette evaluate ─EvaluationRequested─▶ fetcher ─DatasetReady(evaluation)─▶ evaluator ◀──────┘
+    chouette train    ─TrainingRequested─▶ fetcher ─TrainingDatasetReady─▶ trainer ─ModelReady─┐
+    chouette evaluate ─EvaluationRequested─▶ fetcher ─EvaluationDatasetReady─▶ evaluator ◀─────┘
     evaluator ─ModelEvaluated─▶ watchers          any service ─RequestFailed─▶ watchers
 
 Messages are frozen, versioned pydantic models with JSON bodies. They carry ids and
@@ -15,7 +15,7 @@ import datetime as dt
 import functools
 import json
 import uuid
-from typing import Annotated, Any, ClassVar, Final, Literal, get_args
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,21 +27,18 @@ from pydantic import (
     model_validator,
 )
 
+from shared.choices import (
+    TAGS,
+    Architecture,
+    LrSchedule,
+    Optimizer,
+    Split,
+    Tag,
+)
 from shared.errors import InvalidMessage
 
 SCHEMA_VERSION: Final = 1
 
-Architecture = Literal[
-    "ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2"
-]
-ARCHITECTURES: Final[tuple[str, ...]] = get_args(Architecture)
-Tag = Literal["vine", "ground", "grass"]
-TAGS: Final[tuple[str, ...]] = get_args(Tag)
-Optimizer = Literal["adam", "sgd", "rmsprop", "adagrad"]
-OPTIMIZERS: Final[tuple[str, ...]] = get_args(Optimizer)
-LrSchedule = Literal["cosine", "constant"]
-LR_SCHEDULES: Final[tuple[str, ...]] = get_args(LrSchedule)
-Split = Literal["train", "val", "test", "all"]
 
 MIN_IMAGE_SIZE: Final = 32
 MAX_IMAGE_SIZE: Final = 1024
@@ -222,29 +219,42 @@ class EvaluationRequested(Message):
     dataset: DatasetSpec | None = None
 
 
-class DatasetReady(Message):
-    """The fetcher stored the dataset. ``purpose`` says who consumes it."""
+class TrainingDatasetReady(Message):
+    """The fetcher stored a training request's dataset: the trainer trains on it."""
 
-    type: Literal["DatasetReady"] = "DatasetReady"
-    purpose: Literal["training", "evaluation"]
+    routing_key: ClassVar[str] = "dataset.ready.training"
+    type: Literal["TrainingDatasetReady"] = "TrainingDatasetReady"
     dataset_id: int = Field(gt=0, le=MAX_BIGINT)
-    # purpose == "training": what to train.
-    training: TrainingParams | None = None
-    # purpose == "evaluation": which model to score on which split of the dataset.
-    model_id: int | None = Field(None, gt=0, le=MAX_BIGINT)
+    training: TrainingParams
+
+
+class EvaluationDatasetReady(Message):
+    """The fetcher stored an evaluation's dataset: the evaluator scores ``model_id`` on
+    ``split`` of it (``all`` for a later date range, ``test`` for the held-out split)."""
+
+    routing_key: ClassVar[str] = "dataset.ready.evaluation"
+    type: Literal["EvaluationDatasetReady"] = "EvaluationDatasetReady"
+    dataset_id: int = Field(gt=0, le=MAX_BIGINT)
+    model_id: int = Field(gt=0, le=MAX_BIGINT)
     split: Split = "test"
 
-    @property
-    def routing_key(self) -> str:  # type: ignore[override]
-        return f"dataset.ready.{self.purpose}"
 
-    @model_validator(mode="after")
-    def _payload_matches_purpose(self) -> DatasetReady:
-        if self.purpose == "training" and self.training is None:
-            raise ValueError("a DatasetReady for training needs training parameters")
-        if self.purpose == "evaluation" and self.model_id is None:
-            raise ValueError("a DatasetReady for evaluation needs a model_id")
-        return self
+DatasetReady = TrainingDatasetReady | EvaluationDatasetReady
+# Before the two types above, one ``DatasetReady`` type said its consumer in ``purpose``;
+# such bodies (in queues during an upgrade) still parse, as the matching new type.
+_LEGACY_DATASET_READY = {"training": "TrainingDatasetReady", "evaluation": "EvaluationDatasetReady"}
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    if data.get("type") != "DatasetReady":
+        return data
+    purpose = data.get("purpose")
+    if purpose not in _LEGACY_DATASET_READY:
+        return data  # left for validation to refuse with its own reason
+    upgraded = {k: v for k, v in data.items() if k != "purpose"}
+    upgraded["type"] = _LEGACY_DATASET_READY[purpose]
+    drop = ("model_id", "split") if purpose == "training" else ("training",)
+    return {k: v for k, v in upgraded.items() if k not in drop}
 
 
 class ModelReady(Message):
@@ -285,7 +295,8 @@ class RequestFailed(Message):
 AnyMessage = Annotated[
     TrainingRequested
     | EvaluationRequested
-    | DatasetReady
+    | TrainingDatasetReady
+    | EvaluationDatasetReady
     | ModelReady
     | ModelEvaluated
     | RequestFailed,
@@ -335,7 +346,7 @@ def parse_message(body: bytes | str) -> Message:
             f" this build understands {SCHEMA_VERSION}"
         )
     try:
-        return _any_message().validate_python(data)
+        return _any_message().validate_python(_upgrade(data))
     except ValidationError as exc:
         kind = shorten(str(data.get("type", "message")))
         raise InvalidMessage(f"invalid {kind}: {shorten(first_error(exc))}") from exc

@@ -34,8 +34,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared import pretrained, weight_files
+from shared.choices import ARCHITECTURES, Architecture
 from shared.errors import PermanentError
-from shared.messages import ARCHITECTURES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Architecture
+from shared.messages import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 if TYPE_CHECKING:
     import keras

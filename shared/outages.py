@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from shared import backoff
+
 logger = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[object]]
@@ -55,10 +57,10 @@ class OutageWait:
             self.max_seconds,
         )
         started = time.monotonic()
-        delay = self.backoff
-        while time.monotonic() - started < self.max_seconds:
+        for delay in backoff.delays(self.backoff, self.backoff_max):
+            if time.monotonic() - started >= self.max_seconds:
+                break
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self.backoff_max)
             if await self.reachable():
                 logger.info("%s is back after %.0fs", self.what, time.monotonic() - started)
                 return True

@@ -1,6 +1,6 @@
 """``python -m services.evaluator``: score trained models and stored date ranges.
 
-Consumes ``ModelReady`` (a model's held-out test split) and ``DatasetReady`` for
+Consumes ``ModelReady`` (a model's held-out test split) and ``EvaluationDatasetReady`` for
 evaluation (another date range), publishes ``ModelEvaluated``. Settings come from the
 environment: the shared ones (``AMQP_URL``, ``DATABASE_URL``, …) and ``EVALUATOR_*``.
 """
@@ -17,7 +17,7 @@ startup.exit_on_sigterm()
 from services.evaluator.handler import Evaluator, graph_scorer  # noqa: E402
 from shared import db  # noqa: E402
 from shared.broker import EVALUATOR, Broker  # noqa: E402
-from shared.messages import DatasetReady, ModelReady  # noqa: E402
+from shared.messages import EvaluationDatasetReady, ModelReady  # noqa: E402
 from shared.runtime import run, serve  # noqa: E402
 from shared.settings import EvaluatorSettings, Settings  # noqa: E402
 from shared.weight_store import load_model  # noqa: E402
@@ -37,7 +37,7 @@ def main() -> None:
     run(
         serve(
             EVALUATOR,
-            (ModelReady, DatasetReady),
+            (ModelReady, EvaluationDatasetReady),
             make_handler,
             prefetch=evaluator_settings.prefetch,
         )

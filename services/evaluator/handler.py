@@ -1,7 +1,7 @@
-"""ModelReady / DatasetReady(evaluation) → score the images → ModelEvaluated.
+"""ModelReady / EvaluationDatasetReady → score the images → ModelEvaluated.
 
     ModelReady(model, dataset)                    → the model's held-out ``test`` split
-    DatasetReady(evaluation, model, dataset, split) → that split of another date range
+    EvaluationDatasetReady(model, dataset, split) → that split of another date range
 
 The model is read back from Postgres through the trainer's weight store (checksum
 verified, rebuilt from its recorded spec, so preprocessing and image size are the
@@ -32,8 +32,8 @@ from typing import Any
 
 from services.evaluator import metrics, scoring, store
 from shared import db
-from shared.errors import InvalidMessage, PermanentError
-from shared.messages import DatasetReady, ModelEvaluated, ModelReady
+from shared.errors import PermanentError
+from shared.messages import EvaluationDatasetReady, ModelEvaluated, ModelReady
 from shared.model_cache import ModelCache
 from shared.modeling import ModelSpec, build_model
 from shared.settings import EvaluatorSettings
@@ -58,11 +58,9 @@ class Target:
     split: str
 
 
-def target_of(message: ModelReady | DatasetReady) -> Target:
+def target_of(message: ModelReady | EvaluationDatasetReady) -> Target:
     if isinstance(message, ModelReady):
         return Target(message.model_id, message.dataset_id, "test")
-    if message.purpose != "evaluation" or message.model_id is None:
-        raise InvalidMessage(f"the evaluator got a DatasetReady for {message.purpose}")
     return Target(message.model_id, message.dataset_id, message.split)
 
 
@@ -98,7 +96,7 @@ class Evaluator:
     def __post_init__(self) -> None:
         self.warm.capacity = self.settings.model_cache
 
-    async def __call__(self, message: ModelReady | DatasetReady) -> ModelEvaluated:
+    async def __call__(self, message: ModelReady | EvaluationDatasetReady) -> ModelEvaluated:
         target = target_of(message)
         request_id = message.request_id
 
@@ -178,7 +176,7 @@ class Evaluator:
             return await store.image_bytes(self.pool, shas)
 
         async def progress(done: int, total: int) -> None:
-            await store.mark_progress(self.pool, request_id, f"scoring {done}/{total}")
+            await store.mark_progress(self.pool, request_id, done, total)
 
         scores = await scoring.score(
             predict,

@@ -31,10 +31,11 @@ import numpy.typing as npt
 from services.evaluator.metrics import Metrics
 from shared import champions, db
 from shared.errors import PermanentError
+from shared.request_state import Progress, Stage, Status
 
 logger = logging.getLogger(__name__)
 
-STAGE = "evaluating"
+STAGE = Stage.EVALUATING
 
 
 @dataclass(frozen=True)
@@ -166,8 +167,8 @@ async def mark_started(pool: db.Pool, request_id: uuid.UUID, model_id: int) -> N
     await db.set_stage(pool, request_id, STAGE, "loading model", model_id=model_id)
 
 
-async def mark_progress(pool: db.Pool, request_id: uuid.UUID, progress: str) -> None:
-    await db.set_progress(pool, request_id, progress)
+async def mark_progress(pool: db.Pool, request_id: uuid.UUID, done: int, total: int) -> None:
+    await db.set_progress(pool, request_id, Progress("scoring", done, total))
 
 
 async def mark_done(
@@ -175,7 +176,7 @@ async def mark_done(
 ) -> None:
     """The request succeeded with this evaluation (no-op if it already ended)."""
     await db.set_stage(
-        con, request_id, "done", None, status="succeeded", evaluation_id=evaluation_id
+        con, request_id, Stage.DONE, None, status=Status.SUCCEEDED, evaluation_id=evaluation_id
     )
 
 

@@ -26,7 +26,6 @@ import functools
 import hashlib
 import json
 import logging
-import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from yarl import URL
 
 from services.fetcher.links import GuardedResolver, LinkPolicy, source_key
 from services.fetcher.validation import ImageRejected
+from shared import backoff
 from shared.errors import CredentialsRejected, PermanentError, RetryableError
 from shared.settings import FetcherSettings, Settings
 
@@ -332,8 +332,7 @@ class ChouetteClient:
         else exponential with jitter (half fixed, half random) capped at ``backoff_max``."""
         if retry_after is not None:
             return min(retry_after, RETRY_AFTER_MAX)
-        ceiling = min(self.settings.backoff_max, self.settings.backoff_base * 2**attempt)
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return backoff.jittered(attempt, self.settings.backoff_base, self.settings.backoff_max)
 
     async def _retrying(self, what: object, attempt: Callable[[], Awaitable[T]]) -> T:
         attempts = self.settings.max_retries + 1

@@ -1,12 +1,12 @@
-"""The fetcher's handler: a request for a model or an evaluation → ``DatasetReady``.
+"""The fetcher's handler: a request for a model or an evaluation → its dataset, stored.
 
-    TrainingRequested                    → DatasetReady(purpose="training")
-    EvaluationRequested with a range     → DatasetReady(purpose="evaluation", split="all")
-    EvaluationRequested without a range  → DatasetReady(purpose="evaluation", split="test")
+    TrainingRequested                    → TrainingDatasetReady
+    EvaluationRequested with a range     → EvaluationDatasetReady(split="all")
+    EvaluationRequested without a range  → EvaluationDatasetReady(split="test")
                                            on the model's own dataset (nothing downloaded)
 
 Idempotent by request id: a redelivered request lists again, downloads only links not
-stored yet, finds the same dataset row and emits the same ``DatasetReady`` (same
+stored yet, finds the same dataset row and emits the same message (same
 ``message_id``, so a consumer can recognise the duplicate).
 """
 
@@ -21,12 +21,20 @@ from services.fetcher.client import ChouetteClient
 from services.fetcher.dataset import DatasetBuilder, FetchReport, SplitParams
 from shared import db
 from shared.errors import PermanentError
-from shared.messages import DatasetReady, DatasetSpec, EvaluationRequested, TrainingRequested
+from shared.messages import (
+    DatasetReady,
+    DatasetSpec,
+    EvaluationDatasetReady,
+    EvaluationRequested,
+    TrainingDatasetReady,
+    TrainingRequested,
+)
+from shared.request_state import Progress, Stage
 from shared.settings import FetcherSettings
 
 logger = logging.getLogger(__name__)
 
-STAGE = "fetching"
+STAGE = Stage.FETCHING
 # Evaluation datasets get the default split of a training request: the same range then is
 # the same dataset row, whichever request fetched it first.
 EVALUATION_SPLIT = SplitParams()
@@ -48,7 +56,7 @@ class ProgressWriter:
             return
         self._busy, self._last = True, now
         try:
-            await db.set_progress(self.pool, self.request_id, f"{STAGE} {done}/{total}")
+            await db.set_progress(self.pool, self.request_id, Progress(STAGE, done, total))
         finally:
             self._busy = False
 
@@ -65,20 +73,19 @@ class FetcherHandler:
             return await self.on_training(message)
         return await self.on_evaluation(message)
 
-    async def on_training(self, msg: TrainingRequested) -> DatasetReady:
+    async def on_training(self, msg: TrainingRequested) -> TrainingDatasetReady:
         await db.ensure_request(self.pool, msg.request_id, "training", msg.model_dump(mode="json"))
         params = msg.training
         split = SplitParams(params.test_fraction, params.val_fraction, params.seed)
         report = await self._fetch(msg.request_id, msg.dataset, split)
-        return DatasetReady(
+        return TrainingDatasetReady(
             message_id=_reply_id(msg),
             request_id=msg.request_id,
-            purpose="training",
             dataset_id=report.dataset_id,
             training=params,
         )
 
-    async def on_evaluation(self, msg: EvaluationRequested) -> DatasetReady:
+    async def on_evaluation(self, msg: EvaluationRequested) -> EvaluationDatasetReady:
         rid = msg.request_id
         await db.ensure_request(self.pool, rid, "evaluation", msg.model_dump(mode="json"))
         if msg.dataset is None:
@@ -103,10 +110,9 @@ class FetcherHandler:
                 )
             dataset_id = (await self._fetch(rid, msg.dataset, EVALUATION_SPLIT)).dataset_id
             split = "all"
-        return DatasetReady(
+        return EvaluationDatasetReady(
             message_id=_reply_id(msg),
             request_id=rid,
-            purpose="evaluation",
             dataset_id=dataset_id,
             model_id=msg.model_id,
             split=split,
@@ -122,7 +128,7 @@ class FetcherHandler:
             self.pool,
             request_id,
             STAGE,
-            f"{STAGE} {report.n_images}/{report.n_images}",
+            Progress(STAGE, report.n_images, report.n_images),
             dataset_id=report.dataset_id,
         )
         logger.info(

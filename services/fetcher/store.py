@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import asyncpg
 
@@ -170,15 +170,6 @@ async def create_dataset(pool: Pool, row: DatasetRow, manifest: Sequence[Manifes
             columns=["dataset_id", "sha256", "tag", "source_url", "taken_at", "split"],
         )
         return int(dataset_id)
-
-
-async def dataset_summary(con: Executor, dataset_id: int) -> dict[str, Any] | None:
-    row = await con.fetchrow(
-        "SELECT id, n_images, counts, split_counts, skipped, rejected, n_groups"
-        " FROM datasets WHERE id = $1",
-        dataset_id,
-    )
-    return None if row is None else dict(row)
 
 
 async def model_dataset(con: Executor, model_id: int) -> int | None:

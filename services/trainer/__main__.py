@@ -1,4 +1,4 @@
-"""``python -m services.trainer``: consume DatasetReady(training), publish ModelReady."""
+"""``python -m services.trainer``: consume TrainingDatasetReady, publish ModelReady."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
-from services.trainer.handler import TrainerHandler, training_in_progress  # noqa: E402
+from services.trainer.handler import TrainerHandler  # noqa: E402
+from services.trainer.thread import training_in_progress  # noqa: E402
 from shared.broker import TRAINER, Broker  # noqa: E402
 from shared.db import Pool  # noqa: E402
-from shared.messages import DatasetReady  # noqa: E402
+from shared.messages import TrainingDatasetReady  # noqa: E402
 from shared.runtime import run, serve  # noqa: E402
 from shared.settings import Settings, TrainerSettings  # noqa: E402
 
@@ -35,7 +36,7 @@ async def main() -> None:
     trainer = TrainerSettings()
     await serve(
         TRAINER,
-        (DatasetReady,),
+        (TrainingDatasetReady,),
         make_handler,
         prefetch=trainer.prefetch,
         grace=trainer.stop_grace_seconds,

@@ -1,4 +1,4 @@
-"""DatasetReady(training) → a trained model in Postgres → ModelReady.
+"""TrainingDatasetReady → a trained model in Postgres → ModelReady.
 
     find the request's model ── trained already? ──▶ re-emit ModelReady
       │ no
@@ -21,9 +21,8 @@ another trainer), and a crashed trainer's message goes to the next one:
 
 - in this process, a second delivery of a request being trained *joins* it and returns the
   same ``ModelReady``;
-- across processes, a lease in ``models`` (renewed while training) tells another trainer to
-  wait until the model is trained or the lease lapses; a holder known to be dead (same
-  host, process gone) is taken over at once, so a restarted trainer resumes immediately.
+- across processes, a lease (``lease.py``) makes another trainer wait until the model is
+  trained or the lease lapses.
 """
 
 from __future__ import annotations
@@ -31,8 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
@@ -47,7 +44,9 @@ from services.trainer import store
 from services.trainer.cache_dir import training_cache_dir
 from services.trainer.dataset import Split
 from services.trainer.image_files import SplitWriter
+from services.trainer.lease import TrainingLease, new_owner
 from services.trainer.recorder import LoopBridge, Recorder
+from services.trainer.thread import in_training_thread
 from services.trainer.training import (
     Accelerator,
     Hooks,
@@ -58,15 +57,16 @@ from services.trainer.training import (
     train,
 )
 from shared import db, weight_store
-from shared.errors import InvalidMessage, PermanentError, RetryableError
-from shared.messages import DatasetReady, ModelReady, TrainingParams
+from shared.errors import PermanentError, RetryableError
+from shared.messages import ModelReady, TrainingDatasetReady, TrainingParams
 from shared.model_cache import ModelCache
 from shared.modeling import ModelSpec, library_versions
+from shared.request_state import Progress, Stage
 from shared.settings import TrainerSettings
 
 logger = logging.getLogger(__name__)
 
-STAGE = "training"
+STAGE = Stage.TRAINING
 
 T = TypeVar("T")
 
@@ -75,16 +75,14 @@ TrainFn = Callable[[Job, Hooks, threading.Event], Outcome]
 
 @dataclass
 class TrainerHandler:
-    """``await handler(DatasetReady)`` → :class:`ModelReady`; idempotent per request id."""
+    """``await handler(TrainingDatasetReady)`` → :class:`ModelReady`; idempotent per request id."""
 
     pool: db.Pool
     settings: TrainerSettings = field(default_factory=TrainerSettings)
     accelerator: Accelerator | None = None
     run: TrainFn = train
     # "host:pid:token": the lease owner, unique per process.
-    worker_id: str = field(
-        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    )
+    worker_id: str = field(default_factory=new_owner)
     # Set when the service shuts down (the broker's event): then a cancelled delivery
     # abandons its training; otherwise (a closed channel) the training goes on.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -99,15 +97,13 @@ class TrainerHandler:
         if self.models is None:
             self.models = ModelCache(self.settings.model_cache)
 
-    async def __call__(self, msg: DatasetReady) -> ModelReady:
+    async def __call__(self, msg: TrainingDatasetReady) -> ModelReady:
         """Run (or join) the request's training; the delivery only waits for it.
 
         The work is a task of its own: when RabbitMQ closes the channel under a long
         training (``consumer_timeout``), aio-pika cancels the delivery, not the training,
         and the redelivery joins it. Only a shutdown (``stopping`` set) abandons the work.
         """
-        if msg.purpose != "training" or msg.training is None:
-            raise InvalidMessage("the trainer takes DatasetReady messages for training")
         work = self._running.get(msg.request_id)
         if work is None:
             work = asyncio.ensure_future(self._handle(msg))
@@ -130,8 +126,7 @@ class TrainerHandler:
                 )
             raise
 
-    async def _handle(self, msg: DatasetReady) -> ModelReady:
-        assert msg.training is not None
+    async def _handle(self, msg: TrainingDatasetReady) -> ModelReady:
         started = time.monotonic()
         params = msg.training
         await db.ensure_request(
@@ -153,7 +148,12 @@ class TrainerHandler:
             self.pool, msg.request_id, msg.dataset_id, spec, hyperparams, versions
         )
         model_id = model_row.id
-        if not await self._acquire_lease(model_id, msg):
+        lease = TrainingLease(self.pool, model_id, self.worker_id, self.settings.lease_seconds)
+
+        async def finished() -> bool:
+            return await store.trained_model_id(self.pool, msg.request_id) is not None
+
+        if not await lease.acquire(finished):
             done = await self._already_trained(msg)
             assert done is not None
             return done
@@ -171,7 +171,7 @@ class TrainerHandler:
                 self.pool,
                 msg.request_id,
                 STAGE,
-                f"training {model_row.checkpoint_epoch}/{params.epochs}",
+                Progress("training", model_row.checkpoint_epoch, params.epochs),
                 dataset_id=msg.dataset_id,
                 model_id=model_id,
             )
@@ -184,7 +184,7 @@ class TrainerHandler:
                 )
             with training_cache_dir(self.settings.cache_dir, msg.request_id) as cache_dir:
                 train_split, val_split = await self._read_splits(
-                    msg.dataset_id, model_id, spec, cache_dir
+                    msg.dataset_id, lease, spec, cache_dir
                 )
                 job = Job(
                     spec=spec,
@@ -203,7 +203,7 @@ class TrainerHandler:
                         "model %d: resuming after epoch %d of %d",
                         model_id, model_row.checkpoint_epoch, params.epochs,
                     )  # fmt: skip
-                outcome = await self._train_in_thread(job, msg, model_id)
+                outcome = await self._train_in_thread(job, msg, lease)
             await self._finish(msg, model_id, outcome, hyperparams, versions)
             if outcome.model_key is not None and self.models is not None:
                 self.models.release(outcome.model_key, outcome.model)  # stored: reusable
@@ -212,56 +212,14 @@ class TrainerHandler:
             raise
         finally:
             with contextlib.suppress(Exception):
-                await store.release_lease(self.pool, model_id, self.worker_id)
+                await lease.release()
         logger.info(
             "model %d trained: best epoch %d, %s, %.0f s",
             model_id, outcome.best_epoch, outcome.final_metrics, outcome.train_seconds,
         )  # fmt: skip
         return ModelReady(request_id=msg.request_id, model_id=model_id, dataset_id=msg.dataset_id)
 
-    async def _acquire_lease(self, model_id: int, msg: DatasetReady) -> bool:
-        """Wait for the training lease; False when another trainer finished the model."""
-        seconds = self.settings.lease_seconds
-        announced = False
-        while True:
-            holder = await store.claim_lease(self.pool, model_id, self.worker_id, seconds)
-            if holder is None:
-                return True
-            if await store.trained_model_id(self.pool, msg.request_id) is not None:
-                return False
-            if holder.owner and _is_dead_here(holder.owner):
-                if await store.steal_lease(
-                    self.pool, model_id, self.worker_id, seconds, holder.owner
-                ):
-                    logger.info(
-                        "model %d: its trainer %s exited; taking over", model_id, holder.owner
-                    )
-                    return True
-                continue
-            if not announced:
-                logger.info(
-                    "model %d is being trained by %s (lease %.0f s left): waiting",
-                    model_id, holder.owner, holder.seconds_left,
-                )  # fmt: skip
-                announced = True
-            await asyncio.sleep(min(max(holder.seconds_left, 0.5), seconds / 3, 5.0))
-
-    async def _renew_lease(self, model_id: int, stop: threading.Event) -> None:
-        """Keep the lease while training; stop the training if another trainer took it."""
-        seconds = self.settings.lease_seconds
-        while True:
-            await asyncio.sleep(seconds / 3)
-            try:
-                still_ours = await store.renew_lease(self.pool, model_id, self.worker_id, seconds)
-            except Exception as exc:  # the database is away: the lease has slack, go on
-                logger.warning("model %d: could not renew the training lease: %s", model_id, exc)
-                continue
-            if not still_ours:
-                logger.error("model %d: lease lost to another trainer; stopping", model_id)
-                stop.set()
-                return
-
-    async def _already_trained(self, msg: DatasetReady) -> ModelReady | None:
+    async def _already_trained(self, msg: TrainingDatasetReady) -> ModelReady | None:
         model_id = await store.trained_model_id(self.pool, msg.request_id)
         if model_id is None:
             return None
@@ -304,7 +262,7 @@ class TrainerHandler:
         return spec, train_split, val_split
 
     async def _read_splits(
-        self, dataset_id: int, model_id: int, spec: ModelSpec, cache_dir: str
+        self, dataset_id: int, lease: TrainingLease, spec: ModelSpec, cache_dir: str
     ) -> tuple[Split, Split]:
         """The train and val splits streamed from Postgres into resized files in ``cache_dir``.
 
@@ -312,7 +270,7 @@ class TrainerHandler:
         written before the next is fetched; the lease is renewed meanwhile.
         """
         lost = threading.Event()
-        renewer = asyncio.create_task(self._renew_lease(model_id, lost))
+        renewer = asyncio.create_task(lease.keep(lost))
         try:
             splits = []
             for name in ("train", "val"):
@@ -336,7 +294,10 @@ class TrainerHandler:
         finally:
             renewer.cancel()
 
-    async def _train_in_thread(self, job: Job, msg: DatasetReady, model_id: int) -> Outcome:
+    async def _train_in_thread(
+        self, job: Job, msg: TrainingDatasetReady, lease: TrainingLease
+    ) -> Outcome:
+        model_id = lease.model_id
         stop = threading.Event()
         recorder = Recorder(
             pool=self.pool,
@@ -347,7 +308,7 @@ class TrainerHandler:
             part_bytes=self.settings.weight_part_bytes,
         )
         task = in_training_thread(lambda: self.run(job, recorder, stop))
-        renewer = asyncio.create_task(self._renew_lease(model_id, stop))
+        renewer = asyncio.create_task(lease.keep(stop))
         task.add_done_callback(lambda _: renewer.cancel())
         try:
             return await asyncio.shield(task)
@@ -368,7 +329,7 @@ class TrainerHandler:
 
     async def _finish(
         self,
-        msg: DatasetReady,
+        msg: TrainingDatasetReady,
         model_id: int,
         outcome: Outcome,
         hyperparams: dict[str, Any],
@@ -399,64 +360,9 @@ class TrainerHandler:
             )
             await weight_store.delete_checkpoints(con, model_id)
             await db.set_stage(
-                con, msg.request_id, STAGE, f"training {last}/{msg.training.epochs}",  # type: ignore[union-attr]
+                con, msg.request_id, STAGE, Progress("training", last, msg.training.epochs),
                 dataset_id=msg.dataset_id, model_id=model_id,
             )  # fmt: skip
-
-
-TRAINING_THREAD = "chouette-training"
-
-
-def in_training_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
-    """``fn()`` in a daemon thread of its own; its result or error settles the future.
-
-    Not ``asyncio.to_thread``: the default executor's threads are joined when the event
-    loop closes, so a process stopping in the middle of a training step (seconds on a busy
-    CPU) would not exit until the step ends. An abandoned training's message is unacked
-    and will be redelivered: ``python -m services.trainer`` exits without waiting for it.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
-
-    def body() -> None:
-        result, error = None, None
-        try:
-            result = fn()
-        except BaseException as exc:  # handed to the awaiting coroutine
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=body, name=TRAINING_THREAD, daemon=True).start()
-    return future
-
-
-def training_in_progress() -> bool:
-    """Whether a training thread is still running (e.g. abandoned mid-step at shutdown)."""
-    return any(t.name == TRAINING_THREAD and t.is_alive() for t in threading.enumerate())
-
-
-def _is_dead_here(owner: str) -> bool:
-    """True when ``owner`` ("host:pid:token") ran on this host and its process is gone."""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def check_splits(

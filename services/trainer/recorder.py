@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from services.trainer import store
-from services.trainer.training import EpochResult, TrainingAbandoned
+from services.trainer.records import EpochResult, TrainingAbandoned
 from shared import db, weight_store
+from shared.request_state import Progress
 
 if TYPE_CHECKING:
     import keras
@@ -110,7 +111,9 @@ class Recorder:
                     part_bytes=self.part_bytes,
                 )
             await store.record_epoch(con, self.model_id, result, best_epoch, checkpointed=not final)
-            await db.set_progress(con, self.request_id, f"training {result.epoch}/{self.epochs}")
+            await db.set_progress(
+                con, self.request_id, Progress("training", result.epoch, self.epochs)
+            )
         logger.info(
             "model %d: epoch %d committed with a %.1f MiB checkpoint",
             self.model_id, result.epoch, nbytes / 2**20,

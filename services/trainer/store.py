@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from services.trainer.training import EpochResult
+from services.trainer.records import EpochResult
 from shared.db import Executor
 from shared.modeling import ModelSpec
 

@@ -29,6 +29,7 @@ from shared.cli.submit import (
     training_request,
 )
 from shared.messages import Message
+from shared.request_state import Stage
 from shared.settings import Settings, redact_url
 
 # After Ctrl-C, `--wait` ends within this many seconds whatever its connections do.
@@ -196,7 +197,7 @@ async def record_and_publish(pool: db.Pool, publisher: Publisher, message: Messa
     except Exception as exc:
         error = f"could not publish {type(message).__name__}: {exc}"
         await db.record_failure(
-            pool, request_id=message.request_id, queue="cli", stage="queued", error=error
+            pool, request_id=message.request_id, queue="cli", stage=Stage.QUEUED, error=error
         )
         raise CommandFailed(error) from None
 

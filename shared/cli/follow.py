@@ -20,8 +20,10 @@ from typing import Any, TextIO, TypeVar
 
 import asyncpg
 
+from shared import backoff
 from shared.cli import queries
-from shared.cli.render import FINAL, ProgressView, epoch_metrics, fmt, printable, short_id
+from shared.cli.render import ProgressView, epoch_metrics, fmt, printable, short_id
+from shared.request_state import FINAL
 
 RECHECK_S = 30.0
 # While PostgreSQL is unreachable, a follower tries to reconnect this often (at most).
@@ -81,8 +83,7 @@ class Listener:
         with contextlib.suppress(Exception):
             self.con.terminate()
         loop = asyncio.get_running_loop()
-        delay = 0.5
-        while True:
+        for delay in backoff.delays(0.5, RECONNECT_MAX_S):
             if deadline is not None and loop.time() >= deadline:
                 raise TimeoutError("PostgreSQL unreachable until the timeout")
             try:
@@ -90,7 +91,6 @@ class Listener:
             except RECONNECT_ERRORS:
                 pause = delay if deadline is None else min(delay, deadline - loop.time())
                 await asyncio.sleep(max(0.0, pause))
-                delay = min(delay * 2, RECONNECT_MAX_S)
                 continue
             self.con = con
             await self.__aenter__()

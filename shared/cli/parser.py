@@ -10,13 +10,9 @@ import argparse
 import math
 from typing import NoReturn
 
+from shared.choices import ARCHITECTURES, LR_SCHEDULES, OPTIMIZERS, TAGS
+
 WORKERS = ("fetcher", "trainer", "evaluator", "simulator", "api")
-# Kept literal (not imported from shared.messages) so that `--help` never imports pydantic;
-# tests/unit/cli checks they equal the message models' choices.
-ARCHITECTURES = ("ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2")
-TAGS = ("vine", "ground", "grass")
-OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
-LR_SCHEDULES = ("cosine", "constant")
 _MAX_BIGINT = 2**63 - 1  # PostgreSQL's LIMIT takes a bigint
 
 

@@ -15,8 +15,8 @@ REQUESTS, EPOCHS, EVALUATIONS = "chouette_requests", "chouette_epochs", "chouett
 CHANNELS = (REQUESTS, EPOCHS, EVALUATIONS)
 
 _REQUEST_COLUMNS = (
-    "id AS request_id, kind, status, stage, progress, error, dataset_id, model_id,"
-    " evaluation_id, params, created_at, updated_at, finished_at"
+    "id AS request_id, kind, status, stage, progress, progress_done, progress_total, error,"
+    " dataset_id, model_id, evaluation_id, params, created_at, updated_at, finished_at"
 )
 
 
@@ -46,8 +46,8 @@ async def requests_by_prefix(con: Con, prefix: str, limit: int = 2) -> list[Row]
 
 async def recent_requests(con: Con, limit: int) -> list[Row]:
     rows = await con.fetch(
-        "SELECT request_id, kind, status, stage, progress, error, architecture, dataset_id,"
-        " model_id, evaluation_id, created_at, seconds"
+        "SELECT request_id, kind, status, stage, progress, progress_done, progress_total, error,"
+        " architecture, dataset_id, model_id, evaluation_id, created_at, seconds"
         " FROM request_progress ORDER BY created_at DESC LIMIT $1",
         limit,
     )

@@ -5,16 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
-import re
 import sys
 import unicodedata
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
+from shared.request_state import FINAL
+
 Row = dict[str, Any]
-FINAL = ("succeeded", "failed")
-_FRACTION = re.compile(r"(\d+)\s*/\s*(\d+)")
 # Macro F1 points between the held-out test split and a later date range worth a sentence.
 LATER_GAP = 0.05
 
@@ -317,10 +316,10 @@ def _one_line(text: str | None, width: int) -> str | None:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def fraction(progress: str | None) -> tuple[int, int] | None:
-    """``'fetching 12/50'`` → ``(12, 50)``."""
-    match = _FRACTION.search(progress or "")
-    return (int(match[1]), int(match[2])) if match else None
+def fraction(req: Row) -> tuple[int, int] | None:
+    """A request row's (or notification's) progress as numbers: ``(12, 50)``, or None."""
+    done, total = req.get("progress_done"), req.get("progress_total")
+    return (int(done), int(total)) if done is not None and total is not None else None
 
 
 def bar(done: int, total: int, width: int = 24) -> str:
@@ -380,7 +379,7 @@ class ProgressView:
         if stage == "training" and epoch_total:
             self.epoch(last_epoch, epoch_total)
             return
-        if (frac := fraction(progress)) is not None:
+        if (frac := fraction(req)) is not None:
             text = f"{stage:<10} {bar(*frac)}"
         else:
             text = f"{stage:<10} {printable(progress or '')}".rstrip()

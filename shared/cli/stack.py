@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shared.local_services import port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("fetcher", "trainer", "evaluator")
@@ -50,12 +51,6 @@ class Process:
     def tail(self, lines: int = 60) -> str:
         text = self.text()
         return "\n".join(text.splitlines()[-lines:]) if text else "(no log)"
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((host, port)) == 0
 
 
 def pipeline_env(

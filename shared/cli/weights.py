@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from shared import pretrained
+from shared.choices import ARCHITECTURES
 from shared.cli.app import FAILED, OK
-from shared.cli.parser import ARCHITECTURES, UsageError
+from shared.cli.parser import UsageError
 
 
 def add_parser(sub: argparse._SubParsersAction[Any]) -> None:

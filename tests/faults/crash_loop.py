@@ -14,17 +14,17 @@ startup.exit_on_sigterm()
 
 from shared.broker import TRAINER, Broker  # noqa: E402
 from shared.db import Pool  # noqa: E402
-from shared.messages import DatasetReady  # noqa: E402
+from shared.messages import TrainingDatasetReady  # noqa: E402
 from shared.runtime import run, serve  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 
 def make_handler(pool: Pool, broker: Broker, settings: Settings) -> Any:
-    async def handler(message: DatasetReady) -> None:
+    async def handler(message: TrainingDatasetReady) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     return handler
 
 
 if __name__ == "__main__":
-    run(serve(TRAINER, (DatasetReady,), make_handler))
+    run(serve(TRAINER, (TrainingDatasetReady,), make_handler))

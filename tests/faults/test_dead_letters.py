@@ -19,8 +19,9 @@ import pytest
 
 from shared import db
 from shared.cli.stack import ROOT
-from shared.messages import DatasetReady, TrainingParams
+from shared.messages import TrainingDatasetReady, TrainingParams
 from tests.integration.cli.helpers import drain
+from tests.plugins import rows
 from tests.plugins.pipeline import Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -44,9 +45,8 @@ async def test_a_handler_that_kills_its_process_ends_the_request_failed(
     await db.ensure_request(pipeline.pool, request_id, "training", {})
     await db.set_stage(pipeline.pool, request_id, "training")
     await pipeline.broker.publish(
-        DatasetReady(
+        TrainingDatasetReady(
             request_id=request_id,
-            purpose="training",
             dataset_id=1,
             training=TrainingParams(architecture="ResNet50", epochs=1, image_size=32),
         )
@@ -60,7 +60,7 @@ async def test_a_handler_that_kills_its_process_ends_the_request_failed(
         process = start_crash_loop(env, log)
         try:
             for _ in range(120):
-                status = await db.request_status(pipeline.pool, request_id)
+                status = await rows.request_status(pipeline.pool, request_id)
                 if process.poll() is not None or status == "failed":
                     break
                 await asyncio.sleep(0.5)

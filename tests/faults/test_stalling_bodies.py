@@ -18,10 +18,10 @@ import pytest
 
 from shared import db
 from shared.messages import (
-    DatasetReady,
     EvaluationRequested,
     Message,
     ModelReady,
+    TrainingDatasetReady,
     TrainingParams,
 )
 from tests.plugins.pipeline import Pipeline
@@ -46,9 +46,8 @@ def valid_message(service: str, request_id: uuid.UUID) -> Message:
     if service == "fetcher":
         return EvaluationRequested(request_id=request_id, model_id=987_654)
     if service == "trainer":
-        return DatasetReady(
+        return TrainingDatasetReady(
             request_id=request_id,
-            purpose="training",
             dataset_id=987_654,
             training=TrainingParams(architecture="ResNet50", epochs=1, image_size=32),
         )

@@ -11,6 +11,7 @@ import pytest
 
 from shared import db
 from shared.cli.follow import RECHECK_S, watch
+from shared.request_state import Progress, Stage
 from shared.settings import Settings
 from tests.integration.cli import seed
 from tests.integration.cli.helpers import chouette, drain
@@ -46,18 +47,18 @@ async def _published_request(pool: db.Pool) -> uuid.UUID:
 async def _play_pipeline(pool: db.Pool, request_id: uuid.UUID) -> None:
     """What fetcher, trainer and evaluator write, in order, with pauses between steps."""
     pause = 0.05
-    await db.set_stage(pool, request_id, "fetching", "fetching 0/30")
+    await db.set_stage(pool, request_id, Stage.FETCHING, Progress("fetching", 0, 30))
     await asyncio.sleep(pause)
-    await db.set_progress(pool, request_id, "fetching 30/30")
+    await db.set_progress(pool, request_id, Progress("fetching", 30, 30))
     dataset_id = await seed.dataset(pool)
     model_id = await seed.model(pool, request_id, dataset_id)
     await db.set_stage(
-        pool, request_id, "training", "epoch 0/2", dataset_id=dataset_id, model_id=model_id
+        pool, request_id, Stage.TRAINING, "epoch 0/2", dataset_id=dataset_id, model_id=model_id
     )
     for n in (1, 2):
         await asyncio.sleep(pause)
         await seed.epoch(pool, model_id, n, loss=1.0 / n)
-    await db.set_stage(pool, request_id, "evaluating", "scoring 6/6")
+    await db.set_stage(pool, request_id, Stage.EVALUATING, Progress("scoring", 6, 6))
     await asyncio.sleep(pause)
     evaluation_id = await seed.evaluation(pool, model_id, dataset_id, 0.66, request_id)
     await db.set_stage(pool, request_id, "done", status="succeeded", evaluation_id=evaluation_id)
@@ -152,8 +153,9 @@ async def test_watch_prints_a_request_line_only_when_it_says_something_new(
         watcher = asyncio.create_task(watch(con, out, stop=stop))
         await asyncio.sleep(0.3)
         request_id = await seed.request(pool)
-        for progress in ("fetching 3/9", "fetching 3/9", "fetching 9/9"):
-            await db.set_stage(pool, request_id, "fetching", progress)  # notifies each time
+        for done in (3, 3, 9):
+            progress = Progress("fetching", done, 9)
+            await db.set_stage(pool, request_id, Stage.FETCHING, progress)  # notifies each time
         await asyncio.sleep(0.3)
         stop.set()
         await asyncio.wait_for(watcher, 5)

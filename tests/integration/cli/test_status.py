@@ -12,9 +12,9 @@ from shared import db
 from shared.cli.parser import UsageError
 from shared.messages import (
     MAX_ERROR_CHARS,
-    DatasetReady,
     EvaluationRequested,
     ModelReady,
+    TrainingDatasetReady,
     TrainingParams,
 )
 from shared.settings import Settings
@@ -136,9 +136,8 @@ def _body(kind: str, request_id: uuid.UUID) -> bytes:
     if kind == "fetcher":
         return EvaluationRequested(request_id=request_id, model_id=3).to_json()
     if kind == "trainer":
-        return DatasetReady(
+        return TrainingDatasetReady(
             request_id=request_id,
-            purpose="training",
             dataset_id=5,
             training=TrainingParams(architecture="ResNet50"),
         ).to_json()

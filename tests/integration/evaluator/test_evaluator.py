@@ -19,10 +19,11 @@ from services.evaluator import store
 from services.evaluator.handler import Evaluator, NoImagesToEvaluate
 from shared import db, images, weight_store
 from shared.broker import EVALUATOR, Broker
-from shared.messages import DatasetReady, ModelReady
+from shared.messages import EvaluationDatasetReady, ModelReady
 from shared.runtime import make_failure_sink
 from shared.settings import EvaluatorSettings
 from tests.integration.evaluator import rows
+from tests.plugins import rows as plugin_rows
 
 pytestmark = pytest.mark.integration
 
@@ -161,9 +162,8 @@ async def test_another_date_range_with_an_absent_class(pool: db.Pool) -> None:
     request_id = await rows.request(pool, kind="evaluation")
 
     out = await evaluator(pool)(
-        DatasetReady(
+        EvaluationDatasetReady(
             request_id=request_id,
-            purpose="evaluation",
             dataset_id=other_id,
             model_id=model_id,
             split="all",
@@ -213,7 +213,7 @@ async def test_corrupted_weight_part_fails_the_request_and_writes_nothing(
 
     await broker.consume(
         EVALUATOR,
-        (ModelReady, DatasetReady),
+        (ModelReady, EvaluationDatasetReady),
         evaluator(pool),
         on_failure=make_failure_sink(pool),
     )
@@ -221,7 +221,7 @@ async def test_corrupted_weight_part_fails_the_request_and_writes_nothing(
         ModelReady(request_id=request_id, model_id=model_id, dataset_id=dataset_id)
     )
     deadline = time.monotonic() + 120
-    while await db.request_status(pool, request_id) != "failed":
+    while await plugin_rows.request_status(pool, request_id) != "failed":
         assert time.monotonic() < deadline, "the request never failed"
         await asyncio.sleep(0.2)
 

@@ -18,7 +18,7 @@ import pytest
 from services.evaluator import store
 from services.evaluator.handler import Evaluator, NoImagesToEvaluate
 from shared import db
-from shared.messages import DatasetReady, ModelReady
+from shared.messages import EvaluationDatasetReady, ModelReady
 from shared.modeling import ModelSpec
 from shared.settings import EvaluatorSettings
 from tests.integration.evaluator import rows
@@ -55,10 +55,9 @@ def stand_in_evaluator(pool: db.Pool) -> tuple[Evaluator, list[int]]:
     return Evaluator(pool, settings, load_model=load_model, make_scorer=make_scorer), scored
 
 
-def later(request_id: uuid.UUID, dataset_id: int, model_id: int) -> DatasetReady:
-    return DatasetReady(
+def later(request_id: uuid.UUID, dataset_id: int, model_id: int) -> EvaluationDatasetReady:
+    return EvaluationDatasetReady(
         request_id=request_id,
-        purpose="evaluation",
         dataset_id=dataset_id,
         model_id=model_id,
         split="all",

@@ -18,14 +18,16 @@ from shared import db
 from shared.broker import FETCHER, TRAINER, Broker
 from shared.errors import CredentialsRejected, PermanentError
 from shared.messages import (
-    DatasetReady,
     DatasetSpec,
+    EvaluationDatasetReady,
     EvaluationRequested,
+    TrainingDatasetReady,
     TrainingParams,
     TrainingRequested,
     parse_message,
 )
 from shared.runtime import make_failure_sink
+from tests.plugins import rows
 from tests.plugins.simulator import SimulatorHandle
 from tests.unit.fetcher.conftest import SleepRecorder, fetcher_settings
 
@@ -61,8 +63,8 @@ async def test_training_request_stores_a_split_dataset(
 ) -> None:
     msg = training()
     ready = await handler(msg)
-    assert isinstance(ready, DatasetReady)
-    assert (ready.purpose, ready.training, ready.request_id) == ("training", PARAMS, msg.request_id)
+    assert isinstance(ready, TrainingDatasetReady)
+    assert (ready.training, ready.request_id) == (PARAMS, msg.request_id)
 
     row = await pool.fetchrow("SELECT * FROM datasets WHERE id = $1", ready.dataset_id)
     assert row["counts"] == {"vine": 10, "ground": 8, "grass": 3}
@@ -96,6 +98,7 @@ async def test_training_request_stores_a_split_dataset(
     assert request["kind"] == "training"
     assert (request["status"], request["stage"]) == ("running", "fetching")
     assert request["progress"] == "fetching 21/21"
+    assert (request["progress_done"], request["progress_total"]) == (21, 21)
     assert request["dataset_id"] == ready.dataset_id
     assert request["params"]["training"]["architecture"] == "ResNet50"
     assert simulator.stats["downloads"] == 21
@@ -217,7 +220,8 @@ async def test_evaluation_on_the_models_test_split_downloads_nothing(
     downloads, listings = simulator.stats["downloads"], simulator.stats["listing"]
     msg = EvaluationRequested(request_id=uuid.uuid4(), model_id=model_id)
     ready = await handler(msg)
-    assert (ready.purpose, ready.model_id, ready.split) == ("evaluation", model_id, "test")
+    assert isinstance(ready, EvaluationDatasetReady)
+    assert (ready.model_id, ready.split) == (model_id, "test")
     assert ready.dataset_id == trained.dataset_id
     assert (simulator.stats["downloads"], simulator.stats["listing"]) == (downloads, listings)
     request = await pool.fetchrow("SELECT * FROM training_requests WHERE id = $1", msg.request_id)
@@ -233,7 +237,8 @@ async def test_evaluation_on_another_range(
     ready = await handler(
         EvaluationRequested(request_id=uuid.uuid4(), model_id=model_id, dataset=later)
     )
-    assert (ready.purpose, ready.split) == ("evaluation", "all")
+    assert isinstance(ready, EvaluationDatasetReady)
+    assert ready.split == "all"
     assert ready.dataset_id != trained.dataset_id
 
 
@@ -323,10 +328,10 @@ async def test_through_the_broker(
     await broker.publish(ok)
     await broker.publish(winter)
     ready = parse_message((await _consume_one(broker, TRAINER)).body)
-    assert isinstance(ready, DatasetReady)
+    assert isinstance(ready, TrainingDatasetReady)
     assert ready.request_id == ok.request_id
     for _ in range(200):
-        status = await db.request_status(pool, winter.request_id)
+        status = await rows.request_status(pool, winter.request_id)
         if status == "failed":
             break
         await asyncio.sleep(0.05)

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from shared.broker import TRAINER
-from shared.messages import DatasetReady, parse_message
+from shared.messages import TrainingDatasetReady, parse_message
 from tests.plugins.pipeline import Pipeline
 from tests.plugins.simulator import SimulatorHandle
 
@@ -36,12 +36,8 @@ async def test_the_service_fetches_publishes_and_stops_cleanly(
     assert incoming is not None, pipeline.logs()
     ready = parse_message(incoming.body)
     await incoming.ack()
-    assert isinstance(ready, DatasetReady)
-    assert (ready.request_id, ready.dataset_id, ready.purpose) == (
-        request_id,
-        dataset_id,
-        "training",
-    )
+    assert isinstance(ready, TrainingDatasetReady)
+    assert (ready.request_id, ready.dataset_id) == (request_id, dataset_id)
     row = await pipeline.pool.fetchrow("SELECT * FROM datasets WHERE id = $1", dataset_id)
     assert row["n_images"] > 10
 

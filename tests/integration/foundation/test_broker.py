@@ -192,21 +192,23 @@ async def test_unknown_schema_version_dead_letters(broker: Broker, pool: db.Pool
 async def test_results_are_published_before_ack(broker: Broker, pool: db.Pool) -> None:
     """A handler's returned message reaches the next queue."""
     from shared.broker import TRAINER
-    from shared.messages import DatasetReady
+    from shared.messages import TrainingDatasetReady
 
-    async def handler(message: TrainingRequested) -> DatasetReady:
-        return DatasetReady(
-            request_id=message.request_id, purpose="training", dataset_id=1,
+    async def handler(message: TrainingRequested) -> TrainingDatasetReady:
+        return TrainingDatasetReady(
+            request_id=message.request_id, dataset_id=1,
             training=message.training,
         )  # fmt: skip
 
     got: asyncio.Queue[Message] = asyncio.Queue()
 
-    async def trainer(message: DatasetReady) -> None:
+    async def trainer(message: TrainingDatasetReady) -> None:
         await got.put(message)
 
     await consume_into(broker, pool, handler)
-    await broker.consume(TRAINER, (DatasetReady,), trainer, on_failure=make_failure_sink(pool))
+    await broker.consume(
+        TRAINER, (TrainingDatasetReady,), trainer, on_failure=make_failure_sink(pool)
+    )
     sent = training_request()
     await broker.publish(sent)
     out = await asyncio.wait_for(got.get(), 10)

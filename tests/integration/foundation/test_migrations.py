@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 
 from shared import db
+from tests.plugins import rows
 
 pytestmark = pytest.mark.integration
 
@@ -62,4 +63,4 @@ async def test_final_status_is_not_overwritten_by_a_redelivery(pool: db.Pool) ->
         pool, request_id=request_id, queue="fetcher", stage="fetching", error="boom"
     )
     await db.set_stage(pool, request_id, "training", "training 1/3")
-    assert await db.request_status(pool, request_id) == "failed"
+    assert await rows.request_status(pool, request_id) == "failed"

@@ -13,9 +13,10 @@ import pytest
 from services.trainer.cache_dir import request_cache_dir
 from services.trainer.dataset import training_dataset
 from services.trainer.handler import TrainerHandler
-from services.trainer.training import Job, Outcome
+from services.trainer.records import Outcome
+from services.trainer.training import Job
 from shared.errors import PermanentError
-from shared.messages import DatasetReady, TrainingParams
+from shared.messages import TrainingDatasetReady, TrainingParams
 from shared.settings import TrainerSettings
 from tests.plugins.datasets import create_dataset, create_request
 
@@ -33,7 +34,7 @@ class Seen:
     def __init__(self) -> None:
         self.runs: list[dict[str, Any]] = []
 
-    async def __call__(self, job: Job, msg: Any, model_id: int) -> Outcome:
+    async def __call__(self, job: Job, msg: Any, lease: Any) -> Outcome:
         cached = await asyncio.to_thread(_image_sums, job, job.cache_dir)
         own = await asyncio.to_thread(_image_sums, job, "")
         self.runs.append({"cache_dir": job.cache_dir, "cached": cached, "own": own})
@@ -44,9 +45,7 @@ async def _run(pool: Any, handler: TrainerHandler, per_class: dict[str, int]) ->
     dataset_id = await create_dataset(pool, per_class=per_class)
     request_id = await create_request(pool, {"training": {}})
     params = TrainingParams(architecture="ResNet50", epochs=1, batch_size=4, image_size=32)
-    msg = DatasetReady(
-        request_id=request_id, purpose="training", dataset_id=dataset_id, training=params
-    )
+    msg = TrainingDatasetReady(request_id=request_id, dataset_id=dataset_id, training=params)
     with pytest.raises(PermanentError, match="stopped by the test"):
         await handler(msg)
     return request_id
@@ -88,9 +87,7 @@ async def test_a_stale_lock_of_a_killed_training_breaks_nothing(
     dataset_id = await create_dataset(pool, per_class={"vine": 8, "ground": 8, "grass": 8})
     await create_request(pool, {"training": {}}, request_id=request_id)
     params = TrainingParams(architecture="ResNet50", epochs=1, batch_size=4, image_size=32)
-    msg = DatasetReady(
-        request_id=request_id, purpose="training", dataset_id=dataset_id, training=params
-    )
+    msg = TrainingDatasetReady(request_id=request_id, dataset_id=dataset_id, training=params)
     with pytest.raises(PermanentError, match="stopped by the test"):
         await handler(msg)
     (run,) = seen.runs

@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from services.trainer.handler import TrainerHandler
-from services.trainer.training import Job, Outcome
+from services.trainer.records import Outcome
+from services.trainer.training import Job
 from shared.errors import PermanentError
-from shared.messages import DatasetReady, TrainingParams
+from shared.messages import TrainingDatasetReady, TrainingParams
 from shared.settings import TrainerSettings
 from tests.plugins.datasets import create_dataset, create_request
 
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.integration
 async def test_a_failed_training_removes_its_checkpoints(
     pool: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def fails_after_a_checkpoint(_: Any, job: Job, msg: Any, model_id: int) -> Outcome:
+    async def fails_after_a_checkpoint(_: Any, job: Job, msg: Any, lease: Any) -> Outcome:
+        model_id = lease.model_id
         await pool.execute(
             "INSERT INTO model_checkpoints (model_id, epoch, part, bytes) VALUES ($1, 1, 0, $2)",
             model_id,
@@ -34,9 +36,7 @@ async def test_a_failed_training_removes_its_checkpoints(
     dataset_id = await create_dataset(pool, per_class={"vine": 8, "ground": 8, "grass": 8})
     request_id = await create_request(pool, {"training": {}})
     params = TrainingParams(architecture="ResNet50", epochs=2, batch_size=4, image_size=32)
-    msg = DatasetReady(
-        request_id=request_id, purpose="training", dataset_id=dataset_id, training=params
-    )
+    msg = TrainingDatasetReady(request_id=request_id, dataset_id=dataset_id, training=params)
     with pytest.raises(PermanentError, match="diverged"):
         await handler(msg)
     model = await pool.fetchrow("SELECT id, status FROM models WHERE request_id = $1", request_id)

@@ -11,13 +11,15 @@ import pytest
 
 from services.trainer import store
 from services.trainer.handler import TrainerHandler
-from services.trainer.training import Hooks, Job, Outcome, TrainingAbandoned, train
+from services.trainer.records import Hooks, Outcome, TrainingAbandoned
+from services.trainer.training import Job, train
 from shared import weight_store
 from shared.errors import PermanentError, RetryableError
 from shared.images import decode_images
-from shared.messages import DatasetReady, ModelReady, TrainingParams
+from shared.messages import ModelReady, TrainingDatasetReady, TrainingParams
 from shared.model_cache import ModelCache
 from shared.settings import TrainerSettings
+from tests.plugins import rows
 from tests.plugins.datasets import create_dataset, create_request
 
 pytestmark = pytest.mark.integration
@@ -32,7 +34,9 @@ def trainer_settings(**kw: Any) -> TrainerSettings:
     return TrainerSettings(_env_file=None, **kw)  # type: ignore[call-arg]
 
 
-def ready(dataset_id: int, request_id: uuid.UUID | None = None, **params: Any) -> DatasetReady:
+def ready(
+    dataset_id: int, request_id: uuid.UUID | None = None, **params: Any
+) -> TrainingDatasetReady:
     training = TrainingParams(
         **{
             "architecture": "ResNet50",
@@ -43,9 +47,8 @@ def ready(dataset_id: int, request_id: uuid.UUID | None = None, **params: Any) -
             **params,
         }
     )
-    return DatasetReady(
+    return TrainingDatasetReady(
         request_id=request_id or uuid.uuid4(),
-        purpose="training",
         dataset_id=dataset_id,
         training=training,
     )
@@ -111,6 +114,7 @@ async def test_trains_records_registry_and_reemits_on_redelivery(pool: Any) -> N
     assert await pool.fetchval("SELECT count(*) FROM model_checkpoints") == 0
     request = await pool.fetchrow("SELECT * FROM training_requests WHERE id = $1", request_id)
     assert (request["stage"], request["progress"]) == ("training", "training 2/2")
+    assert (request["progress_done"], request["progress_total"]) == (2, 2)
     assert request["model_id"] == out.model_id and request["dataset_id"] == dataset_id
 
     # Redelivered after the commit: the same model again, nothing duplicated, no training.
@@ -167,7 +171,7 @@ async def test_interrupted_training_resumes_after_the_last_checkpoint(pool: Any)
     model_id = await pool.fetchval("SELECT id FROM models")
     row = await pool.fetchrow("SELECT status, checkpoint_epoch FROM models")
     assert (row["status"], row["checkpoint_epoch"]) == ("training", 1)
-    assert await weight_store.checkpoint_epochs(pool, model_id) == [1]
+    assert await rows.checkpoint_epochs(pool, model_id) == [1]
     # A stale epoch row past the checkpoint (crash between commits) must not survive.
     await pool.execute(
         "INSERT INTO training_epochs (model_id, epoch, loss) VALUES ($1, 2, 9.9)", model_id

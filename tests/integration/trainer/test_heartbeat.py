@@ -11,7 +11,7 @@ import pytest
 
 from services.trainer.handler import TrainerHandler
 from shared.broker import EVALUATOR, TRAINER, Broker
-from shared.messages import DatasetReady, ModelReady, TrainingParams, parse_message
+from shared.messages import ModelReady, TrainingDatasetReady, TrainingParams, parse_message
 from shared.runtime import make_failure_sink
 from shared.settings import Settings, TrainerSettings
 from tests.plugins.datasets import create_dataset
@@ -51,7 +51,7 @@ async def test_heartbeat_keeps_flowing_during_a_long_training(
     trainer = TrainerHandler(pool, TrainerSettings(_env_file=None))  # type: ignore[call-arg]
     calls: list[float] = []
 
-    async def handle(msg: DatasetReady) -> ModelReady:
+    async def handle(msg: TrainingDatasetReady) -> ModelReady:
         started = time.monotonic()
         try:
             return await trainer(msg)
@@ -60,13 +60,12 @@ async def test_heartbeat_keeps_flowing_during_a_long_training(
 
     try:
         await consumer.consume(
-            TRAINER, (DatasetReady,), handle, on_failure=make_failure_sink(pool), prefetch=1
+            TRAINER, (TrainingDatasetReady,), handle, on_failure=make_failure_sink(pool), prefetch=1
         )
         request_id = uuid.uuid4()
         await broker.publish(
-            DatasetReady(
+            TrainingDatasetReady(
                 request_id=request_id,
-                purpose="training",
                 dataset_id=dataset_id,
                 training=TrainingParams(
                     architecture="ResNet50",

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from services.trainer.handler import TrainerHandler
-from services.trainer.training import EpochResult, Hooks, Job, Outcome, TrainingAbandoned
+from services.trainer.records import EpochResult, Hooks, Outcome, TrainingAbandoned
+from services.trainer.training import Job
 from shared.errors import RetryableError
 from tests.integration.trainer.test_handler import SMALL, ready, trainer_settings
 from tests.plugins.datasets import create_dataset

@@ -11,9 +11,10 @@ import pytest
 
 from services.trainer import store
 from services.trainer.handler import TrainerHandler
-from services.trainer.training import Job, Outcome
+from services.trainer.records import Outcome
+from services.trainer.training import Job
 from shared.errors import PermanentError
-from shared.messages import DatasetReady, TrainingParams
+from shared.messages import TrainingDatasetReady, TrainingParams
 from shared.settings import TrainerSettings
 from tests.plugins.datasets import create_dataset, create_request
 
@@ -55,7 +56,7 @@ async def test_the_trainer_never_holds_more_than_a_batch_of_encoded_images(
     seen: list[Job] = []
     sizes: list[list[int]] = []
 
-    async def stand_in(self: Any, job: Job, msg: Any, model_id: int) -> Outcome:
+    async def stand_in(self: Any, job: Job, msg: Any, lease: Any) -> Outcome:
         seen.append(job)
         sizes.append(file_sizes(job.train.folder))
         raise PermanentError("stopped by the test after reading the input")
@@ -67,9 +68,7 @@ async def test_the_trainer_never_holds_more_than_a_batch_of_encoded_images(
     dataset_id = await create_dataset(pool, per_class=PER_CLASS)
     request_id = await create_request(pool, {"training": {}})
     params = TrainingParams(architecture="ResNet50", epochs=1, batch_size=4, image_size=32)
-    msg = DatasetReady(
-        request_id=request_id, purpose="training", dataset_id=dataset_id, training=params
-    )
+    msg = TrainingDatasetReady(request_id=request_id, dataset_id=dataset_id, training=params)
     with pytest.raises(PermanentError, match="stopped by the test"):
         await handler(msg)
 
@@ -105,7 +104,7 @@ async def test_without_a_cache_dir_the_files_go_to_a_temporary_directory_removed
 ) -> None:
     folders: list[str] = []
 
-    async def stand_in(self: Any, job: Job, msg: Any, model_id: int) -> Outcome:
+    async def stand_in(self: Any, job: Job, msg: Any, lease: Any) -> Outcome:
         folders.append(job.train.folder)
         assert file_sizes(job.train.folder)
         raise PermanentError("stopped by the test after reading the input")
@@ -116,9 +115,7 @@ async def test_without_a_cache_dir_the_files_go_to_a_temporary_directory_removed
     dataset_id = await create_dataset(pool, per_class=PER_CLASS)
     request_id = await create_request(pool, {"training": {}})
     params = TrainingParams(architecture="ResNet50", epochs=1, batch_size=4, image_size=32)
-    msg = DatasetReady(
-        request_id=request_id, purpose="training", dataset_id=dataset_id, training=params
-    )
+    msg = TrainingDatasetReady(request_id=request_id, dataset_id=dataset_id, training=params)
     with pytest.raises(PermanentError, match="stopped by the test"):
         await handler(msg)
     (folder,) = folders

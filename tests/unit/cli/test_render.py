@@ -8,7 +8,10 @@ import io
 import json
 import uuid
 
+import pytest
+
 from shared.cli import render
+from shared.request_state import Progress
 
 
 def _request(**changes: object) -> dict[str, object]:
@@ -18,6 +21,8 @@ def _request(**changes: object) -> dict[str, object]:
         "status": "running",
         "stage": "fetching",
         "progress": "fetching 3/12",
+        "progress_done": 3,
+        "progress_total": 12,
         "error": None,
         "dataset_id": None,
         "model_id": None,
@@ -30,9 +35,25 @@ def _request(**changes: object) -> dict[str, object]:
     return row
 
 
-def test_fraction_and_bar() -> None:
-    assert render.fraction("fetching 12/50") == (12, 50)
-    assert render.fraction("fetching: listing images") is None
+def test_fraction_comes_from_the_numbers_not_the_text() -> None:
+    assert render.fraction({"progress_done": 12, "progress_total": 50}) == (12, 50)
+    # Text alone is for people: it is never parsed back.
+    assert render.fraction({"progress": "fetching 12/50"}) is None
+    assert render.fraction({"progress_done": None, "progress_total": None}) is None
+
+
+def test_progress_has_numbers_or_none() -> None:
+    assert Progress("fetching", 12, 50).text == "fetching 12/50"
+    assert Progress("fetching", 12, 50).fraction == (12, 50)
+    assert Progress("loading model").text == "loading model"
+    assert Progress("loading model").fraction is None
+    with pytest.raises(ValueError, match="both"):
+        Progress("fetching", 12)
+    with pytest.raises(ValueError, match="out of range"):
+        Progress("fetching", 51, 50)
+
+
+def test_bar() -> None:
     assert render.bar(1, 4, width=8) == "[##......] 1/4"
     assert render.bar(0, 0, width=4) == "[....] 0/0"
 

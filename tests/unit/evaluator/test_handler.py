@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from services.evaluator import handler, store
-from shared.errors import PermanentError
-from shared.messages import DatasetReady, ModelReady, TrainingParams
+from shared.broker import EVALUATOR, read_body
+from shared.errors import InvalidMessage
+from shared.messages import EvaluationDatasetReady, ModelReady, TrainingDatasetReady, TrainingParams
 
 RID = uuid.uuid4()
 
@@ -18,19 +19,19 @@ def test_model_ready_targets_the_models_test_split() -> None:
 
 
 def test_dataset_ready_for_evaluation_targets_its_split() -> None:
-    msg = DatasetReady(request_id=RID, purpose="evaluation", dataset_id=9, model_id=3, split="all")
+    msg = EvaluationDatasetReady(request_id=RID, dataset_id=9, model_id=3, split="all")
     assert handler.target_of(msg) == handler.Target(3, 9, "all")
 
 
-def test_dataset_ready_for_training_is_refused_permanently() -> None:
-    msg = DatasetReady(
+def test_the_evaluator_queue_refuses_a_training_dataset_as_invalid() -> None:
+    msg = TrainingDatasetReady(
         request_id=RID,
-        purpose="training",
         dataset_id=9,
         training=TrainingParams(architecture="ResNet50"),
     )
-    with pytest.raises(PermanentError, match="training"):
-        handler.target_of(msg)
+    accepts = (ModelReady, EvaluationDatasetReady)  # what services/evaluator consumes
+    with pytest.raises(InvalidMessage, match="accepts ModelReady, EvaluationDatasetReady"):
+        read_body(msg.to_json(), accepts, EVALUATOR, max_bytes=1 << 20)
 
 
 def test_class_set_is_sorted_and_comma_joined() -> None:

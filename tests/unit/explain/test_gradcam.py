@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shared.choices import ARCHITECTURES
 from shared.gradcam import LAST_CONV_LAYER, Explainer
-from shared.messages import ARCHITECTURES
 from shared.modeling import ModelSpec, base_of, build_model
 from tests.plugins.datasets import photo
 

@@ -9,13 +9,14 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
+from shared.choices import ARCHITECTURES
 from shared.errors import InvalidMessage
 from shared.messages import (
-    ARCHITECTURES,
-    DatasetReady,
     DatasetSpec,
+    EvaluationDatasetReady,
     EvaluationRequested,
     ModelEvaluated,
+    TrainingDatasetReady,
     TrainingParams,
     TrainingRequested,
     first_error,
@@ -96,7 +97,10 @@ def test_messages_are_frozen() -> None:
         ),
         EvaluationRequested(request_id=RID, model_id=1),
         EvaluationRequested(request_id=RID, model_id=1, dataset=spec()),
-        DatasetReady(request_id=RID, purpose="evaluation", dataset_id=2, model_id=1, split="all"),
+        EvaluationDatasetReady(request_id=RID, dataset_id=2, model_id=1, split="all"),
+        TrainingDatasetReady(
+            request_id=RID, dataset_id=2, training=TrainingParams(architecture="ResNet50")
+        ),
         ModelEvaluated(
             request_id=RID, model_id=1, dataset_id=2, evaluation_id=3, accuracy=0.5, macro_f1=0.4
         ),
@@ -108,11 +112,41 @@ def test_round_trip_through_json(message: object) -> None:
     assert type(parsed) is type(message)
 
 
-def test_dataset_ready_routing_key_follows_purpose() -> None:
-    ready = DatasetReady(request_id=RID, purpose="evaluation", dataset_id=2, model_id=1)
-    assert ready.routing_key == "dataset.ready.evaluation"
-    with pytest.raises(ValidationError, match="training parameters"):
-        DatasetReady(request_id=RID, purpose="training", dataset_id=2)
+def test_each_dataset_ready_type_routes_to_its_consumer() -> None:
+    evaluation = EvaluationDatasetReady(request_id=RID, dataset_id=2, model_id=1)
+    training = TrainingDatasetReady(
+        request_id=RID, dataset_id=2, training=TrainingParams(architecture="ResNet50")
+    )
+    assert evaluation.routing_key == "dataset.ready.evaluation"
+    assert training.routing_key == "dataset.ready.training"
+    with pytest.raises(ValidationError, match="training"):
+        TrainingDatasetReady(request_id=RID, dataset_id=2)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="model_id"):
+        EvaluationDatasetReady(request_id=RID, dataset_id=2)  # type: ignore[call-arg]
+
+
+def legacy_dataset_ready(**fields: object) -> bytes:
+    """A body of the single ``DatasetReady`` type this project used before (``purpose``)."""
+    body = {"schema_version": 1, "type": "DatasetReady", "request_id": str(RID), "dataset_id": 2}
+    return json.dumps({**body, **fields}).encode()
+
+
+def test_a_legacy_dataset_ready_parses_as_the_type_of_its_purpose() -> None:
+    params = TrainingParams(architecture="ResNet50").model_dump(mode="json")
+    training = parse_message(
+        legacy_dataset_ready(purpose="training", training=params, split="test")
+    )
+    assert isinstance(training, TrainingDatasetReady)
+    assert training.training.architecture == "ResNet50"
+    evaluation = parse_message(
+        legacy_dataset_ready(purpose="evaluation", model_id=5, split="all", training=None)
+    )
+    assert isinstance(evaluation, EvaluationDatasetReady)
+    assert (evaluation.model_id, evaluation.split) == (5, "all")
+    with pytest.raises(InvalidMessage, match="invalid DatasetReady"):
+        parse_message(legacy_dataset_ready(purpose="painting", model_id=5))
+    with pytest.raises(InvalidMessage, match="model_id"):
+        parse_message(legacy_dataset_ready(purpose="evaluation"))
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ import pytest
 
 from services.trainer import training
 from services.trainer.dataset import Split
-from services.trainer.training import EpochResult, Job, TrainingAbandoned, recalibrate_batchnorm
+from services.trainer.records import EpochResult, TrainingAbandoned
+from services.trainer.training import Job, recalibrate_batchnorm
 from shared.errors import PermanentError
 from shared.messages import TrainingParams
 from shared.model_cache import ModelCache

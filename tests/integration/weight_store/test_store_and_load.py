@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 
 from shared import weight_store
-from shared.messages import ARCHITECTURES
+from shared.choices import ARCHITECTURES
 from shared.modeling import ModelSpec, build_model
+from tests.plugins import rows
 from tests.plugins.datasets import create_dataset, create_request
 
 pytestmark = pytest.mark.integration
@@ -136,7 +137,7 @@ async def test_checkpoints_keep_weights_optimizer_state_and_only_the_asked_epoch
                     con, model_id, epoch, model, optimizer.variables, keep=[1],
                     part_bytes=3 << 20,
                 )  # fmt: skip
-        assert await weight_store.checkpoint_epochs(con, model_id) == [1, 3]
+        assert await rows.checkpoint_epochs(con, model_id) == [1, 3]
 
         fresh = build_model(spec)
         fresh_optimizer = keras.optimizers.Adam(1e-3)
