@@ -7,20 +7,20 @@ from __future__ import annotations
 from typing import Any
 
 from shared.cli.render import fraction, printable
+from shared.request_state import FINAL
 
 Row = dict[str, Any]
 
-IN_FLIGHT = ("queued", "running")
-
 
 def request_json(row: Row) -> Row:
-    """One request with its progress as numbers: ``'training 2/5'`` gives ``done`` 2,
-    ``total`` 5 (both null when the text holds no fraction, e.g. while queued). The error
-    and progress texts may quote the Chouette API: control characters come escaped."""
+    """One request with its progress as numbers (``progress_done``/``progress_total`` of
+    ``'training 2/5'``) as ``done`` 2, ``total`` 5, both null when the stage does not count
+    (queued, loading a model). The error and progress texts may quote the Chouette API:
+    control characters come escaped."""
     out: Row = dict(row)
     out["request_id"] = str(row["request_id"])
-    out["in_flight"] = row["status"] in IN_FLIGHT
-    parsed = fraction(row.get("progress"))
+    out["in_flight"] = row["status"] not in FINAL
+    parsed = fraction(row)
     out["done"], out["total"] = parsed if parsed else (None, None)
     for key in ("progress", "error"):
         if out.get(key):

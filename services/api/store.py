@@ -72,7 +72,8 @@ async def recent_requests(con: Con, limit: int) -> list[Row]:
     """Requests in flight (queued, running) first, then the most recent ones."""
     rows = await con.fetch(
         "SELECT request_id, kind, status, stage, progress, error, architecture, dataset_id,"
-        " model_id, evaluation_id, created_at, updated_at, seconds FROM request_progress"
+        " model_id, evaluation_id, created_at, updated_at, seconds, progress_done,"
+        " progress_total FROM request_progress"
         " ORDER BY status IN ('queued', 'running') DESC, created_at DESC LIMIT $1",
         limit,
     )

@@ -76,7 +76,8 @@ async def _seed_page(api: Api) -> Page:
         )
         await pool.execute(
             "UPDATE training_requests SET status = 'running', stage = 'training',"
-            " progress = 'training 2/5', model_id = $2 WHERE id = $1",
+            " progress = 'training 2/5', progress_done = 2, progress_total = 5, model_id = $2"
+            " WHERE id = $1",
             request_id,
             s.other_id,
         )
@@ -281,7 +282,8 @@ async def _advance(page: Page) -> uuid.UUID:
     pool = await db.create_pool(page.api.seeded.database_url)
     try:
         await pool.execute(
-            "UPDATE training_requests SET progress = 'training 3/5' WHERE id = $1",
+            "UPDATE training_requests SET progress = 'training 3/5', progress_done = 3"
+            " WHERE id = $1",
             page.request_id,
         )
         failed = await create_request(pool, {"training": {}}, kind="training")

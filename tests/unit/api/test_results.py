@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 from services.api import figures, results
 
 
 def _request(status: str, progress: str | None, error: str | None = None) -> dict:
+    """A ``request_progress`` row, its numbers as ``shared.db.set_progress`` writes them."""
+    numbers = re.search(r"(\d+)/(\d+)", progress or "")
     return {"request_id": "66e997ef-0000", "kind": "training", "status": status,
-            "stage": "training", "progress": progress, "error": error}  # fmt: skip
+            "stage": "training", "progress": progress, "error": error,
+            "progress_done": int(numbers[1]) if numbers else None,
+            "progress_total": int(numbers[2]) if numbers else None}  # fmt: skip
 
 
 def test_progress_becomes_numbers() -> None:
