@@ -169,6 +169,9 @@ class PostgresServer:
     database: str = "chouette"
     superuser: bool = False  # the test suite's role creates databases and extensions
     durable: bool = True  # tests turn fsync off: faster, and their data is thrown away
+    # Login roles of the processes that do not connect as ``user``: (name, password, the
+    # group role of shared.privileges it is a member of).
+    logins: list[tuple[str, str, str]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -251,10 +254,35 @@ class PostgresServer:
         names = {"user": self.user, "password": secret, "database": self.database}
         exists = self._psql("SELECT 1 FROM pg_roles WHERE rolname = :'user';", **names)
         verb = "ALTER" if exists else "CREATE"
-        power = "SUPERUSER" if self.superuser else "CREATEDB"
+        # CREATEROLE: its migrations create the group roles of shared.privileges.
+        power = "SUPERUSER" if self.superuser else "CREATEDB CREATEROLE"
         self._psql(f"{verb} ROLE :\"user\" LOGIN PASSWORD :'password' {power};", **names)
         if not self._psql("SELECT 1 FROM pg_database WHERE datname = :'database';", **names):
             self._psql('CREATE DATABASE :"database" OWNER :"user";', **names)
+        self.ensure_logins()
+
+    def ensure_logins(self) -> None:
+        """Create (or update) each process's login role, NOSUPERUSER NOCREATEDB
+        NOCREATEROLE, and make it a member of its group role (created NOLOGIN if missing)."""
+        from shared.privileges import GROUP_ROLES
+
+        for login, password, group in self.logins:
+            if group not in GROUP_ROLES:
+                raise ServiceError(f"unknown group role {group!r} for {login!r}")
+            if login == self.user:
+                continue
+            secret = scram_verifier(password) or password
+            names = {"login": login, "password": secret, "group": group}
+            if not self._psql("SELECT 1 FROM pg_roles WHERE rolname = :'group';", **names):
+                self._psql('CREATE ROLE :"group" NOLOGIN;', **names)
+            exists = self._psql("SELECT 1 FROM pg_roles WHERE rolname = :'login';", **names)
+            verb = "ALTER" if exists else "CREATE"
+            self._psql(
+                f"{verb} ROLE :\"login\" LOGIN PASSWORD :'password'"
+                " NOSUPERUSER NOCREATEDB NOCREATEROLE;",
+                **names,
+            )
+            self._psql('GRANT :"group" TO :"login";', **names)
 
     def stop(self) -> None:
         if not (self.data_dir / "postmaster.pid").exists():
@@ -492,21 +520,57 @@ def _pgid_alive(pgid: int) -> bool:
 # -- the `chouette services` commands --------------------------------------------------------
 
 
+# The group role (shared.privileges) of each process's DATABASE_URL override.
+PROCESS_GROUPS = {
+    "fetcher": "chouette_fetcher",
+    "trainer": "chouette_trainer",
+    "evaluator": "chouette_evaluator",
+    "api": "chouette_reader",
+    "reader": "chouette_reader",
+    "cli": "chouette_cli",
+}
+
+
+def database_logins(settings: Settings, owner: str) -> list[tuple[str, str, str]]:
+    """(login, password, group) of every process whose URL names a role other than the
+    schema's ``owner`` (the migration role)."""
+    logins = []
+    for process, group in PROCESS_GROUPS.items():
+        own = getattr(settings, f"{process}_database_url")
+        if own is None or not own.get_secret_value():
+            continue
+        parts = urlsplit(own.get_secret_value())
+        login = unquote(parts.username or "")
+        if login and login != owner:
+            logins.append((login, unquote(parts.password or ""), group))
+    return logins
+
+
 def servers(settings: Settings) -> tuple[RabbitServer, PostgresServer]:
     home = settings.chouette_home
     rabbit = RabbitServer.from_url(
         settings.amqp_url.get_secret_value(), home, consumer_timeout_ms(TrainerSettings())
     )
-    postgres = PostgresServer.from_url(settings.database_url.get_secret_value(), home)
+    # The migration role owns the database; the other processes get login roles.
+    postgres = PostgresServer.from_url(
+        settings.database_url_for("migrate").get_secret_value(), home
+    )
+    postgres.logins = database_logins(settings, postgres.user)
     return rabbit, postgres
 
 
-def up(settings: Settings) -> None:
-    """Start both servers (harmless when they already run)."""
+def up(settings: Settings) -> list[str]:
+    """Start both servers (harmless when they already run), then apply the migrations and
+    the grants (``chouette migrate``); return the migrations applied now."""
+    from shared import db
+
     ensure_binaries()
     rabbit, postgres = servers(settings)
     postgres.start()
+    postgres.ensure_logins()  # also when the server was already running
+    applied = _run_sync(lambda: db.migrate_at(postgres.url, grants=True))
     rabbit.start()
+    return applied
 
 
 def down(settings: Settings) -> None:

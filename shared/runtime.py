@@ -151,16 +151,17 @@ async def _serve(
 ) -> None:
     settings = settings or Settings()
     logs.configure(settings.log_level, settings.log_format)
-    dsn = settings.database_url.get_secret_value()
+    database_url = settings.database_url_for(queue)
+    dsn = database_url.get_secret_value()
     logger.info(
         "starting %s: broker %s, database %s",
         queue,
         redact_url(settings.amqp_url),
-        redact_url(settings.database_url),
+        redact_url(database_url),
     )
     pool: db.Pool = await connect_with_retry(lambda: db.create_pool(dsn), "PostgreSQL")  # type: ignore[assignment]
     try:
-        await db.migrate(pool)
+        await db.migrate_if_asked(settings, pool, dsn)
         broker = Broker(
             settings.amqp_url.get_secret_value(),
             namespace=settings.broker_namespace,

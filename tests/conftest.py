@@ -26,7 +26,12 @@ from shared.broker import BINDINGS, Broker
 from shared.local_services import PostgresServer, RabbitServer, free_port
 from shared.settings import Settings
 
-pytest_plugins = ["tests.plugins.simulator", "tests.plugins.datasets", "tests.plugins.pipeline"]
+pytest_plugins = [
+    "tests.plugins.simulator",
+    "tests.plugins.datasets",
+    "tests.plugins.roles",
+    "tests.plugins.pipeline",
+]
 
 TEMPLATE_DB = "chouette_template"
 

@@ -3,7 +3,8 @@
 ``pipeline`` starts ``python -m services.<name>`` processes (through the same
 :class:`shared.cli.stack.Stack` as the demo, the benchmarks and the e2e harness) against
 this test's database, broker namespace and the session's simulator, and stops them all at
-the end. Fault tests kill, signal and restart them::
+the end. Each service connects as its own PostgreSQL role (``role_env``), never migrating.
+Fault tests kill, signal and restart them::
 
     async def test_x(pipeline: Pipeline) -> None:
         pipeline.start("fetcher"); pipeline.start("trainer"); pipeline.start("evaluator")
@@ -40,6 +41,7 @@ from shared.messages import (
     TrainingRequested,
 )
 from shared.settings import Settings
+from tests.plugins.roles import Login, role_env
 
 
 @dataclass
@@ -183,11 +185,18 @@ async def pipeline(
     pool: db.Pool,
     broker: Broker,
     simulator_server: Any,
+    role_logins: dict[str, Login],
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[Pipeline]:
     simulator_server.reset()
-    p = Pipeline(settings, pool, broker, tmp_path, env=simulator_server.env())
+    # Each service connects as its own login role (tests/plugins/roles.py) and does not
+    # migrate: every test on this harness proves that the role's grants are enough.
+    env = {
+        **simulator_server.env(),
+        **role_env(settings.database_url.get_secret_value(), role_logins),
+    }
+    p = Pipeline(settings, pool, broker, tmp_path, env=env)
     try:
         yield p
     finally:
