@@ -264,7 +264,7 @@ class PostgresServer:
     def ensure_logins(self) -> None:
         """Create (or update) each process's login role, NOSUPERUSER NOCREATEDB
         NOCREATEROLE, and make it a member of its group role (created NOLOGIN if missing)."""
-        from shared.privileges import GROUP_ROLES
+        from shared.privileges import CLI, GROUP_ROLES, READER
 
         for login, password, group in self.logins:
             if group not in GROUP_ROLES:
@@ -283,6 +283,10 @@ class PostgresServer:
                 **names,
             )
             self._psql('GRANT :"group" TO :"login";', **names)
+            if group == CLI:  # the CLI reads what the reader reads (shared.privileges)
+                if not self._psql("SELECT 1 FROM pg_roles WHERE rolname = :'r';", r=READER):
+                    self._psql('CREATE ROLE :"r" NOLOGIN;', r=READER)
+                self._psql('GRANT :"r" TO :"c";', r=READER, c=CLI)
 
     def stop(self) -> None:
         if not (self.data_dir / "postmaster.pid").exists():
@@ -562,15 +566,21 @@ def servers(settings: Settings) -> tuple[RabbitServer, PostgresServer]:
 def up(settings: Settings) -> list[str]:
     """Start both servers (harmless when they already run), then apply the migrations and
     the grants (``chouette migrate``); return the migrations applied now."""
-    from shared import db
-
     ensure_binaries()
     rabbit, postgres = servers(settings)
-    postgres.start()
-    postgres.ensure_logins()  # also when the server was already running
-    applied = _run_sync(lambda: db.migrate_at(postgres.url, grants=True))
+    applied = start_postgres(postgres)
     rabbit.start()
     return applied
+
+
+def start_postgres(postgres: PostgresServer) -> list[str]:
+    """Start PostgreSQL, create the processes' login roles, apply the migrations and the
+    grants as the owner (``chouette migrate``); return the migrations applied now."""
+    from shared import db
+
+    postgres.start()
+    postgres.ensure_logins()  # also when the server was already running
+    return _run_sync(lambda: db.migrate_at(postgres.url, grants=True))
 
 
 def down(settings: Settings) -> None:

@@ -155,7 +155,7 @@ async def apply(con: asyncpg.Connection) -> list[str]:
                     await con.execute(f'GRANT SELECT ON "{name}" TO "{role}"')
                 continue
             if role == CLI and READER in roles:
-                await con.execute(f'GRANT "{READER}" TO "{CLI}"')
+                await _cli_reads(con)
             for relation, privileges in GRANTS[role].items():
                 await con.execute(f'GRANT {privileges} ON "{relation}" TO "{role}"')
             if role in _SEQUENCE_USERS:
@@ -171,3 +171,16 @@ async def _no_public_create(con: asyncpg.Connection) -> None:
             await con.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     except asyncpg.InsufficientPrivilegeError:
         logger.warning("cannot revoke CREATE on schema public from PUBLIC (not its owner)")
+
+
+async def _cli_reads(con: asyncpg.Connection) -> None:
+    """Make the CLI's role a member of the reader's. From PostgreSQL 16 on, CREATEROLE alone
+    may not grant a role this one did not create: then the provisioning (``chouette
+    services up``, deploy/postgres-roles.sh) has done it, as a superuser."""
+    if await con.fetchval("SELECT pg_has_role($1, $2, 'MEMBER')", CLI, READER):
+        return
+    try:
+        async with con.transaction():
+            await con.execute(f'GRANT "{READER}" TO "{CLI}"')
+    except asyncpg.InsufficientPrivilegeError:
+        logger.warning("cannot make %s a member of %s: grant it as a superuser", CLI, READER)

@@ -7,13 +7,16 @@ is the table the README's guarantees state. Login roles come from ``tests/plugin
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
-from shared import db
+from shared import db, local_services
 from shared.cli.commands import run_command
+from shared.local_services import free_port
 from shared.settings import Settings
 from tests.plugins.roles import Login
 
@@ -230,3 +233,45 @@ async def test_read_only_commands_never_migrate(db_url: str) -> None:
         assert await admin.fetchval("SELECT to_regclass('public.schema_migrations')") is None
     finally:
         await admin.close()
+
+
+def test_services_up_creates_a_login_role_per_process(tmp_path: Path) -> None:
+    """``chouette services up`` with per-process URLs: an owner that is no superuser
+    migrates and grants; each URL's login role is a member of its group role."""
+    port = free_port()
+    base = f"127.0.0.1:{port}/chouette"
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        chouette_home=tmp_path,
+        database_url=f"postgresql://owner:owner-pw@{base}",
+        fetcher_database_url=f"postgresql://fetch:fetch-pw@{base}",
+        cli_database_url=f"postgresql://cmd:cmd-pw@{base}",
+    )
+    _, postgres = local_services.servers(settings)
+    postgres.durable = False
+    try:
+        applied = local_services.start_postgres(postgres)
+        assert applied == [p.name for p in db.migration_files()]
+
+        async def check() -> None:
+            owner = await asyncpg.connect(settings.database_url.get_secret_value())
+            fetcher = await asyncpg.connect(settings.database_url_for("fetcher").get_secret_value())
+            cli = await asyncpg.connect(settings.database_url_for("cli").get_secret_value())
+            try:
+                assert not await owner.fetchval(
+                    "SELECT rolsuper FROM pg_roles WHERE rolname = 'owner'"
+                )
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await fetcher.execute("DELETE FROM model_weights")
+                assert await fetcher.fetchval("SELECT count(*) FROM images") == 0
+                assert await cli.fetchval("SELECT count(*) FROM leaderboard") == 0  # a reader
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await cli.execute("DELETE FROM training_epochs")
+            finally:
+                for con in (owner, fetcher, cli):
+                    await con.close()
+
+        asyncio.run(check())
+        assert local_services.start_postgres(postgres) == []  # again: nothing to do
+    finally:
+        postgres.stop()
