@@ -541,7 +541,7 @@ def database_logins(settings: Settings, owner: str) -> list[tuple[str, str, str]
     logins = []
     for process, group in PROCESS_GROUPS.items():
         own = getattr(settings, f"{process}_database_url")
-        if own is None or not own.get_secret_value():
+        if not own.get_secret_value():
             continue
         parts = urlsplit(own.get_secret_value())
         login = unquote(parts.username or "")

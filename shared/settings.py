@@ -60,14 +60,14 @@ class Settings(BaseSettings):
     amqp_url: SecretStr = SecretStr("amqp://chouette:chouette@127.0.0.1:5672/")
     database_url: SecretStr = SecretStr("postgresql://chouette:chouette@127.0.0.1:5432/chouette")
     # Least privilege (README "Guarantees", shared/privileges.py): each process may connect
-    # as a role of its own; unset, it uses DATABASE_URL (one owner role for everything).
-    migrate_database_url: SecretStr | None = None  # owns the schema: `chouette migrate`
-    fetcher_database_url: SecretStr | None = None
-    trainer_database_url: SecretStr | None = None
-    evaluator_database_url: SecretStr | None = None
-    api_database_url: SecretStr | None = None  # the prediction API (read-only)
-    cli_database_url: SecretStr | None = None  # train, evaluate, promote, prune
-    reader_database_url: SecretStr | None = None  # status, watch, models, report, ...
+    # as a role of its own; empty, it uses DATABASE_URL (one owner role for everything).
+    migrate_database_url: SecretStr = SecretStr("")  # owns the schema: `chouette migrate`
+    fetcher_database_url: SecretStr = SecretStr("")
+    trainer_database_url: SecretStr = SecretStr("")
+    evaluator_database_url: SecretStr = SecretStr("")
+    api_database_url: SecretStr = SecretStr("")  # the prediction API (read-only)
+    cli_database_url: SecretStr = SecretStr("")  # train, evaluate, promote, prune
+    reader_database_url: SecretStr = SecretStr("")  # status, watch, models, report, ...
     # Services and writing CLI commands apply pending migrations at start-up (with
     # MIGRATE_DATABASE_URL). false: only `chouette migrate` does, as when each process
     # has a role of its own that cannot run DDL.
@@ -99,10 +99,10 @@ class Settings(BaseSettings):
         """The URL ``process`` connects with (``fetcher``, ``trainer``, ``evaluator``,
         ``api``, ``cli``, ``reader``, ``migrate``): its own, else ``DATABASE_URL``.
         ``reader`` falls back on ``CLI_DATABASE_URL`` before ``DATABASE_URL``."""
-        own: SecretStr | None = getattr(self, f"{process}_database_url")
-        if own is None and process == "reader":
+        own: SecretStr = getattr(self, f"{process}_database_url")
+        if not own.get_secret_value() and process == "reader":
             own = self.cli_database_url
-        return own if own is not None and own.get_secret_value() else self.database_url
+        return own if own.get_secret_value() else self.database_url
 
     @property
     def has_api_credentials(self) -> bool:
