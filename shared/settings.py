@@ -68,9 +68,16 @@ class Settings(BaseSettings):
     api_database_url: SecretStr = SecretStr("")  # the prediction API (read-only)
     cli_database_url: SecretStr = SecretStr("")  # train, evaluate, promote, prune
     reader_database_url: SecretStr = SecretStr("")  # status, watch, models, report, ...
+    # The same for RabbitMQ: a user per service, and one for the CLI that may only publish
+    # (shared/broker.py: permissions); MIGRATE_AMQP_URL declares the exchanges and queues.
+    migrate_amqp_url: SecretStr = SecretStr("")
+    fetcher_amqp_url: SecretStr = SecretStr("")
+    trainer_amqp_url: SecretStr = SecretStr("")
+    evaluator_amqp_url: SecretStr = SecretStr("")
+    cli_amqp_url: SecretStr = SecretStr("")
     # Services and writing CLI commands apply pending migrations at start-up (with
-    # MIGRATE_DATABASE_URL). false: only `chouette migrate` does, as when each process
-    # has a role of its own that cannot run DDL.
+    # MIGRATE_DATABASE_URL) and declare the broker's exchanges and queues. false: only
+    # `chouette migrate` does, as when each process has a role of its own that cannot.
     auto_migrate: bool = True
 
     # Prefix of every exchange and queue name: lets several pipelines (or tests) share a broker.
@@ -103,6 +110,12 @@ class Settings(BaseSettings):
         if not own.get_secret_value() and process == "reader":
             own = self.cli_database_url
         return own if own.get_secret_value() else self.database_url
+
+    def amqp_url_for(self, process: str) -> SecretStr:
+        """The RabbitMQ URL of ``process`` (``fetcher``, ``trainer``, ``evaluator``,
+        ``cli``, ``migrate``): its own, else ``AMQP_URL``."""
+        own: SecretStr = getattr(self, f"{process}_amqp_url")
+        return own if own.get_secret_value() else self.amqp_url
 
     @property
     def has_api_credentials(self) -> bool:

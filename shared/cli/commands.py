@@ -124,19 +124,36 @@ async def migrate_command(args: argparse.Namespace, settings: Settings) -> int:
     for name in applied:
         print(f"applied {name}")
     print(f"schema up to date ({len(db.migration_files())} migrations); grants set")
+    await declare_broker_topology(settings)
+    print(f"exchanges and queues of {settings.broker_namespace!r} declared")
     return OK
+
+
+async def declare_broker_topology(settings: Settings) -> None:
+    """Declare the pipeline's exchanges and queues as ``MIGRATE_AMQP_URL`` (else
+    ``AMQP_URL``): users of least privilege may only use them."""
+    from shared.local_services import declare_topology
+
+    url = settings.amqp_url_for("migrate").get_secret_value()
+    try:
+        await asyncio.wait_for(declare_topology(url, settings), CONNECT_TIMEOUT_S)
+    except Exception as exc:
+        raise CommandFailed(
+            f"migrate: cannot declare the queues at {redact_url(url)}: {exc}"
+        ) from None
 
 
 @contextlib.asynccontextmanager
 async def open_publisher(settings: Settings) -> AsyncIterator[Publisher]:
     from shared.broker import Broker
 
-    url = settings.amqp_url.get_secret_value()
+    url = settings.amqp_url_for("cli").get_secret_value()
     broker = Broker(
         url,
         namespace=settings.broker_namespace,
         delivery_limit=settings.broker_delivery_limit,
         heartbeat=settings.amqp_heartbeat,
+        declare=settings.auto_migrate,
     )
     try:
         await asyncio.wait_for(broker.connect(), CONNECT_TIMEOUT_S)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
 from shared import db, local_services
 from shared.cli.commands import run_command
@@ -204,13 +205,21 @@ async def test_the_evaluator_cannot_write_weights_nor_the_reader_anything(
         await reader.close()
 
 
-async def test_migrate_sets_the_grants_on_a_new_database(db_url: str) -> None:
-    """``chouette migrate`` on an empty schema: tables, then the grants to each role."""
+async def test_migrate_sets_the_grants_on_a_new_database(
+    db_url: str, settings: Settings, broker: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``chouette migrate`` on an empty schema: tables, then the grants to each role, and
+    the broker's exchanges and queues."""
     admin = await asyncpg.connect(db_url)
     try:
         await admin.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        settings = Settings(_env_file=None, migrate_database_url=db_url)  # type: ignore[call-arg]
+        settings = settings.model_copy(
+            update={"database_url": SecretStr("postgresql://nobody@127.0.0.1:1/x"),
+                    "migrate_database_url": SecretStr(db_url)}
+        )  # fmt: skip
         assert await run_command(argparse.Namespace(command="migrate"), settings=settings) == 0
+        out = capsys.readouterr().out
+        assert "applied 001_schema.sql" in out and "declared" in out
         assert await admin.fetchval(
             "SELECT has_table_privilege('chouette_evaluator', 'predictions', 'INSERT')"
         )
