@@ -3,7 +3,8 @@
 ``pipeline`` starts ``python -m services.<name>`` processes (through the same
 :class:`shared.cli.stack.Stack` as the demo, the benchmarks and the e2e harness) against
 this test's database, broker namespace and the session's simulator, and stops them all at
-the end. Each service connects as its own PostgreSQL role (``role_env``), never migrating.
+the end. Each service connects as its own PostgreSQL role and RabbitMQ user (``role_env``),
+never migrating nor declaring queues.
 Fault tests kill, signal and restart them::
 
     async def test_x(pipeline: Pipeline) -> None:
@@ -186,16 +187,16 @@ async def pipeline(
     broker: Broker,
     simulator_server: Any,
     role_logins: dict[str, Login],
+    servers: Any,
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[Pipeline]:
     simulator_server.reset()
-    # Each service connects as its own login role (tests/plugins/roles.py) and does not
-    # migrate: every test on this harness proves that the role's grants are enough.
-    env = {
-        **simulator_server.env(),
-        **role_env(settings.database_url.get_secret_value(), role_logins),
-    }
+    # Each service connects as its own login role and RabbitMQ user (tests/plugins/roles.py)
+    # and neither migrates nor declares (``broker`` declared the queues): every test on
+    # this harness proves that the role's grants and the user's permissions are enough.
+    roles = role_env(settings.database_url.get_secret_value(), role_logins, servers.users_amqp_url)
+    env = {**simulator_server.env(), **roles}
     p = Pipeline(settings, pool, broker, tmp_path, env=env)
     try:
         yield p

@@ -3,9 +3,10 @@
 ``role_logins`` (session) creates one login role per process on the session's PostgreSQL,
 each a member of its group role from :mod:`shared.privileges` (the template database's
 migration created those and their grants), with a random password.
-``role_env(db_url, logins)`` is the environment that makes every process of a pipeline
-connect to ``db_url`` as its own role and never migrate: the services' harnesses use it, so
-their tests prove that each role's grants are enough.
+``role_env(db_url, logins, amqp_url)`` is the environment that makes every process of a
+pipeline connect to ``db_url`` as its own role, to RabbitMQ as its own user, and never
+migrate nor declare: the services' harnesses use it, so their tests prove that each role's
+grants and each user's permissions are enough.
 """
 
 from __future__ import annotations
@@ -55,9 +56,27 @@ async def create_logins(admin_url: str) -> dict[str, Login]:
     return logins
 
 
-def role_env(database_url: str, logins: Mapping[str, Login]) -> dict[str, str]:
-    """``FETCHER_DATABASE_URL``… for ``database_url``, and ``AUTO_MIGRATE=false``."""
+# RabbitMQ users of the session's broker (created at its boot: tests/conftest.py), one per
+# process, with the permissions of shared.broker.permissions on every test namespace.
+BROKER_PROCESSES = ("fetcher", "trainer", "evaluator", "cli")
+BROKER_NAMESPACES = "[A-Za-z0-9_-]+"
+_BROKER_PASSWORD = secrets.token_urlsafe(16)
+BROKER_LOGINS = {p: Login(f"chouette_test_{p}", _BROKER_PASSWORD) for p in BROKER_PROCESSES}
+
+
+def broker_users() -> list[tuple[str, str, str]]:
+    """``RabbitServer.users`` of the session's broker."""
+    return [(login.user, login.password, p) for p, login in BROKER_LOGINS.items()]
+
+
+def role_env(
+    database_url: str, logins: Mapping[str, Login], amqp_url: str | None = None
+) -> dict[str, str]:
+    """``FETCHER_DATABASE_URL``… for ``database_url``, ``AUTO_MIGRATE=false``, and with
+    ``amqp_url`` (a broker with the users above) ``FETCHER_AMQP_URL``…"""
     env = {f"{p.upper()}_DATABASE_URL": login.url(database_url) for p, login in logins.items()}
+    if amqp_url is not None:
+        env |= {f"{p.upper()}_AMQP_URL": login.url(amqp_url) for p, login in BROKER_LOGINS.items()}
     env["AUTO_MIGRATE"] = "false"
     return env
 
