@@ -151,6 +151,9 @@ def test_compose_services_connect_as_their_own_database_roles() -> None:
     image's superuser is used by nothing."""
     services = _compose()["services"]
     assert services["migrate"]["entrypoint"] == ["chouette", "migrate"]
+    # It declares the queues too: the services may not.
+    assert "AMQP_URL" in services["migrate"]["environment"]
+    assert set(services["migrate"]["depends_on"]) == {"rabbitmq", "postgres"}
     owner = _db_user(services["migrate"]["environment"]["DATABASE_URL"])
     assert owner == "chouette" != services["postgres"]["environment"]["POSTGRES_USER"]
     assert any("postgres-roles.sh" in v for v in services["postgres"]["volumes"])
