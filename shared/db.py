@@ -105,7 +105,6 @@ async def migrate_if_asked(settings: Settings, pool: Pool, dsn: str) -> None:
 
 
 async def _migrate(con: asyncpg.Connection, grants: bool) -> list[str]:
-
     applied_now: list[str] = []
     await con.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_KEY)
     try:
