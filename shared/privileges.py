@@ -22,8 +22,9 @@ The three services and the CLI write a request's status, failures and (through t
 ``training_requests`` trigger) its timeline. :func:`apply` makes the grants exactly these
 (it revokes first), so it is idempotent; :func:`shared.db.migrate` runs it after it applied
 a migration and ``chouette migrate`` runs it every time. A migration that adds a table or
-view must add it here too: ``tests/integration/foundation/test_privileges.py`` fails on a
-relation no role may read.
+view adds it here for the roles that use it (the reader reads every relation by itself);
+``tests/integration/foundation/test_privileges.py`` states every role's privileges on every
+relation, and the services' tests, run as these roles, fail on a missing grant.
 """
 
 from __future__ import annotations
