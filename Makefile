@@ -42,8 +42,11 @@ browser-deps: venv
 	$(PY) -c "from shared.local_services import ensure_browser; ensure_browser()"
 
 # With Docker, compose's servers get the local default passwords unless you set your own
-# (then set AMQP_URL and DATABASE_URL to match in .env).
-COMPOSE_SERVERS := POSTGRES_PASSWORD=$${POSTGRES_PASSWORD:-chouette} \
+# (then set AMQP_URL and DATABASE_URL to match in .env). Compose requires the passwords of
+# the services' PostgreSQL roles too (deploy/postgres-roles.sh creates those roles).
+ROLE_PASSWORDS := $(foreach r,FETCHER TRAINER EVALUATOR API CLI,POSTGRES_$(r)_PASSWORD=$${POSTGRES_$(r)_PASSWORD:-chouette})
+CHECK_PASSWORDS := $(foreach r,FETCHER TRAINER EVALUATOR API CLI,POSTGRES_$(r)_PASSWORD=x)
+COMPOSE_SERVERS := POSTGRES_PASSWORD=$${POSTGRES_PASSWORD:-chouette} $(ROLE_PASSWORDS) \
 	RABBITMQ_PASSWORD=$${RABBITMQ_PASSWORD:-chouette} docker compose up -d --wait rabbitmq postgres
 
 services-up: venv
@@ -55,7 +58,7 @@ endif
 
 services-down: venv
 ifeq ($(DOCKER),yes)
-	POSTGRES_PASSWORD=x RABBITMQ_PASSWORD=x docker compose stop rabbitmq postgres
+	POSTGRES_PASSWORD=x RABBITMQ_PASSWORD=x $(CHECK_PASSWORDS) docker compose stop rabbitmq postgres
 else
 	$(CHOUETTE) services down
 endif
@@ -87,7 +90,7 @@ bench: venv system-deps
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) -m bench.$$(basename $$b .py) || exit 1; done
 
 compose-check:
-	POSTGRES_PASSWORD=x RABBITMQ_PASSWORD=x docker-compose config -q
+	POSTGRES_PASSWORD=x RABBITMQ_PASSWORD=x $(CHECK_PASSWORDS) docker-compose config -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,6 +1,7 @@
 """RabbitMQ through aio-pika: topology, confirmed publishing, and the one consuming idiom.
 
-Topology (declared idempotently by every process that connects)::
+Topology (declared idempotently by every process that connects with ``declare``, the
+default; else by ``chouette migrate`` alone, users of least privilege only using it)::
 
     exchange <ns> (topic)
       training.requested, evaluation.requested  ──▶ <ns>.fetcher
@@ -107,6 +108,9 @@ class Broker:
     retry_backoff_max: float = 10.0
     # Bodies longer than this are dead-lettered unread (messages carry ids and parameters).
     max_body_bytes: int = 1024 * 1024
+    # Declare the exchanges and queues on connecting (AUTO_MIGRATE). A user of least
+    # privilege may not: ``chouette migrate`` declares them, and this only uses them.
+    declare: bool = True
 
     connection: AbstractRobustConnection | None = field(default=None, init=False)
     _channel: AbstractChannel | None = field(default=None, init=False)
@@ -148,7 +152,12 @@ class Broker:
         self._channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
-        self._exchange = await declare_topology(self._channel, self.namespace, self.delivery_limit)
+        if self.declare:
+            self._exchange = await declare_topology(
+                self._channel, self.namespace, self.delivery_limit
+            )
+        else:
+            self._exchange = await self._channel.get_exchange(self.namespace, ensure=False)
         return self
 
     async def close(self, within: float | None = None) -> None:
@@ -450,6 +459,24 @@ class Broker:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+
+
+def permissions(process: str, namespace: str) -> tuple[str, str, str]:
+    """RabbitMQ's (configure, write, read) regular expressions for ``process``'s user.
+
+    A service may publish to the pipeline's exchange and consume its own queue and that
+    queue's dead letters, nothing else; the CLI (``cli``) may only publish. None may
+    declare, bind or delete anything: ``chouette migrate`` declares the topology as the
+    administrator (dead-lettering is the broker's own doing and needs no permission).
+    ``namespace`` is a regular expression (``re.escape(BROKER_NAMESPACE)``, or a pattern
+    for the test servers' many namespaces).
+    """
+    write = f"^{namespace}$"
+    if process == "cli":
+        return "^$", write, "^$"
+    if process not in (FETCHER, TRAINER, EVALUATOR):
+        raise ValueError(f"no RabbitMQ permissions for {process!r}")
+    return "^$", write, f"^{namespace}\\.{process}(\\.dead)?$"
 
 
 async def declare_topology(

@@ -18,9 +18,11 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from shared import privileges
 from shared.errors import RetryableError
 from shared.messages import truncate
 from shared.request_state import FINAL, Progress, Stage, Status
+from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +65,47 @@ def migration_files() -> list[Path]:
     return sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9]_*.sql"))
 
 
-async def migrate(pool_or_con: Pool | asyncpg.Connection) -> list[str]:
-    """Apply the migrations not applied yet, in order; return the names applied now."""
+async def migrate(pool_or_con: Pool | asyncpg.Connection, *, grants: bool = False) -> list[str]:
+    """Apply the migrations not applied yet, in order; return the names applied now.
+
+    After any migration applied now, or always with ``grants`` (``chouette migrate``), the
+    group roles' privileges are set again (:mod:`shared.privileges`): a new table gets its
+    grants in the same run, and roles provisioned since the last run get theirs.
+    """
     if isinstance(pool_or_con, asyncpg.Connection):
-        return await _migrate(pool_or_con)
+        return await _migrate(pool_or_con, grants)
     async with pool_or_con.acquire() as con:
-        return await _migrate(con)
+        return await _migrate(con, grants)
 
 
-async def _migrate(con: asyncpg.Connection) -> list[str]:
+async def migrate_at(dsn: str, *, grants: bool = False) -> list[str]:
+    """:func:`migrate` on a connection of its own to ``dsn`` (the migration role's URL,
+    which the pools of a restricted process do not use)."""
+    try:
+        con = await asyncpg.connect(dsn)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise RetryableError(f"cannot connect to PostgreSQL: {exc}") from exc
+    try:
+        return await migrate(con, grants=grants)
+    finally:
+        await con.close()
+
+
+async def migrate_if_asked(settings: Settings, pool: Pool, dsn: str) -> None:
+    """With ``AUTO_MIGRATE`` (the default), apply pending migrations as the migration role:
+    on ``pool`` when the process connects as that role anyway (one ``DATABASE_URL``), else
+    on a connection of its own. Without it, the schema is ``chouette migrate``'s business
+    and a restricted role never tries DDL."""
+    if not settings.auto_migrate:
+        return
+    migrate_dsn = settings.database_url_for("migrate").get_secret_value()
+    if migrate_dsn == dsn:
+        await migrate(pool)
+    else:
+        await migrate_at(migrate_dsn)
+
+
+async def _migrate(con: asyncpg.Connection, grants: bool) -> list[str]:
     applied_now: list[str] = []
     await con.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_KEY)
     try:
@@ -88,6 +122,8 @@ async def _migrate(con: asyncpg.Connection) -> list[str]:
                 await con.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
             applied_now.append(path.name)
             logger.info("applied migration %s", path.name)
+        if applied_now or grants:
+            await privileges.apply(con)
     finally:
         await con.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_KEY)
     return applied_now

@@ -20,6 +20,7 @@ import hmac
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -183,6 +184,9 @@ class PostgresServer:
     database: str = "chouette"
     superuser: bool = False  # the test suite's role creates databases and extensions
     durable: bool = True  # tests turn fsync off: faster, and their data is thrown away
+    # Login roles of the processes that do not connect as ``user``: (name, password, the
+    # group role of shared.privileges it is a member of).
+    logins: list[tuple[str, str, str]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -265,10 +269,39 @@ class PostgresServer:
         names = {"user": self.user, "password": secret, "database": self.database}
         exists = self._psql("SELECT 1 FROM pg_roles WHERE rolname = :'user';", **names)
         verb = "ALTER" if exists else "CREATE"
-        power = "SUPERUSER" if self.superuser else "CREATEDB"
+        # CREATEROLE: its migrations create the group roles of shared.privileges.
+        power = "SUPERUSER" if self.superuser else "CREATEDB CREATEROLE"
         self._psql(f"{verb} ROLE :\"user\" LOGIN PASSWORD :'password' {power};", **names)
         if not self._psql("SELECT 1 FROM pg_database WHERE datname = :'database';", **names):
             self._psql('CREATE DATABASE :"database" OWNER :"user";', **names)
+        self.ensure_logins()
+
+    def ensure_logins(self) -> None:
+        """Create (or update) each process's login role, NOSUPERUSER NOCREATEDB
+        NOCREATEROLE, and make it a member of its group role (created NOLOGIN if missing)."""
+        from shared.privileges import CLI, GROUP_ROLES, READER
+
+        for login, password, group in self.logins:
+            if group not in GROUP_ROLES:
+                raise ServiceError(f"unknown group role {group!r} for {login!r}")
+            if login == self.user:
+                continue
+            secret = scram_verifier(password) or password
+            names = {"login": login, "password": secret, "group": group}
+            if not self._psql("SELECT 1 FROM pg_roles WHERE rolname = :'group';", **names):
+                self._psql('CREATE ROLE :"group" NOLOGIN;', **names)
+            exists = self._psql("SELECT 1 FROM pg_roles WHERE rolname = :'login';", **names)
+            verb = "ALTER" if exists else "CREATE"
+            self._psql(
+                f"{verb} ROLE :\"login\" LOGIN PASSWORD :'password'"
+                " NOSUPERUSER NOCREATEDB NOCREATEROLE;",
+                **names,
+            )
+            self._psql('GRANT :"group" TO :"login";', **names)
+            if group == CLI:  # the CLI reads what the reader reads (shared.privileges)
+                if not self._psql("SELECT 1 FROM pg_roles WHERE rolname = :'r';", r=READER):
+                    self._psql('CREATE ROLE :"r" NOLOGIN;', r=READER)
+                self._psql('GRANT :"r" TO :"c";', r=READER, c=CLI)
 
     def stop(self) -> None:
         if not (self.data_dir / "postmaster.pid").exists():
@@ -307,6 +340,11 @@ class RabbitServer:
     consumer_timeout_ms: int = 7 * 3600 * 1000
     # How often a channel checks its consumers' timeouts (RabbitMQ's default: a minute).
     channel_tick_ms: int | None = None
+    # Users of least privilege: (name, password, process of shared.broker.permissions),
+    # with permissions on the exchanges and queues of the namespaces matching
+    # ``namespace_pattern`` (a regular expression). Loaded at boot from a definitions file.
+    users: list[tuple[str, str, str]] = field(default_factory=list, repr=False)
+    namespace_pattern: str = "chouette"
     last_error: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -390,6 +428,7 @@ class RabbitServer:
                     "disk_free_limit.absolute = 50MB",
                     "log.console = false",
                     "log.file.level = warning",
+                    *self._definitions(),
                     "",
                 ]
             ),
@@ -400,6 +439,39 @@ class RabbitServer:
             advanced = f"[{{rabbit, [{{channel_tick_interval, {self.channel_tick_ms}}}]}}]"
         (base / "advanced.config").write_text(f"{advanced}.\n")
         _chown(base, "rabbitmq")
+
+    def _definitions(self) -> list[str]:
+        """With ``users``, write the definitions file that creates them at boot (mode 0600,
+        password hashes only) and return the rabbitmq.conf line that loads it. It defines
+        the administrator too: a node that loads definitions creates no default user."""
+        if not self.users:
+            return []
+        import json
+
+        from shared.broker import permissions
+
+        def user(name: str, password: str, tags: list[str]) -> dict[str, Any]:
+            return {
+                "name": name,
+                "password_hash": rabbit_password_hash(password),
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": tags,
+            }
+
+        def grant(name: str, configure: str, write: str, read: str) -> dict[str, str]:
+            return {"user": name, "vhost": self.vhost, "configure": configure,
+                    "write": write, "read": read}  # fmt: skip
+
+        users = [user(self.user, self.password, ["administrator"])]
+        perms = [grant(self.user, ".*", ".*", ".*")]
+        for name, password, process in self.users:
+            if name != self.user:
+                users.append(user(name, password, []))
+                perms.append(grant(name, *permissions(process, self.namespace_pattern)))
+        path = self.base_dir / "definitions.json"
+        definitions = {"users": users, "vhosts": [{"name": self.vhost}], "permissions": perms}
+        _write_private(path, json.dumps(definitions, indent=1))
+        return [f"load_definitions = {path}"]
 
     def start(self, timeout: float = 90.0) -> None:
         if self.healthy():
@@ -483,6 +555,13 @@ class RabbitServer:
             return False
 
 
+def rabbit_password_hash(password: str, *, salt: bytes | None = None) -> str:
+    """RabbitMQ's ``rabbit_password_hashing_sha256`` hash of ``password``: base64 of a
+    4-byte salt followed by sha256(salt + password). The definitions file holds only this."""
+    salt = salt if salt is not None else os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write a file that holds a secret: mode 0600 from its creation (and before any byte of
     it is written when it already existed), never readable by others in between."""
@@ -506,21 +585,96 @@ def _pgid_alive(pgid: int) -> bool:
 # -- the `chouette services` commands --------------------------------------------------------
 
 
+# The group role (shared.privileges) of each process's DATABASE_URL override.
+PROCESS_GROUPS = {
+    "fetcher": "chouette_fetcher",
+    "trainer": "chouette_trainer",
+    "evaluator": "chouette_evaluator",
+    "api": "chouette_reader",
+    "reader": "chouette_reader",
+    "cli": "chouette_cli",
+}
+
+
+def database_logins(settings: Settings, owner: str) -> list[tuple[str, str, str]]:
+    """(login, password, group) of every process whose URL names a role other than the
+    schema's ``owner`` (the migration role)."""
+    logins = []
+    for process, group in PROCESS_GROUPS.items():
+        own = getattr(settings, f"{process}_database_url")
+        if not own.get_secret_value():
+            continue
+        parts = urlsplit(own.get_secret_value())
+        login = unquote(parts.username or "")
+        if login and login != owner:
+            logins.append((login, unquote(parts.password or ""), group))
+    return logins
+
+
+def broker_users(settings: Settings, admin: str) -> list[tuple[str, str, str]]:
+    """(user, password, process) of every process whose AMQP URL names a user other than
+    the ``admin`` (``MIGRATE_AMQP_URL``'s, else ``AMQP_URL``'s)."""
+    users = []
+    for process in ("fetcher", "trainer", "evaluator", "cli"):
+        own = getattr(settings, f"{process}_amqp_url").get_secret_value()
+        if not own:
+            continue
+        parts = urlsplit(own)
+        user = unquote(parts.username or "")
+        if user and user != admin:
+            users.append((user, unquote(parts.password or ""), process))
+    return users
+
+
 def servers(settings: Settings) -> tuple[RabbitServer, PostgresServer]:
     home = settings.chouette_home
     rabbit = RabbitServer.from_url(
-        settings.amqp_url.get_secret_value(), home, consumer_timeout_ms(TrainerSettings())
+        settings.amqp_url_for("migrate").get_secret_value(),
+        home,
+        consumer_timeout_ms(TrainerSettings()),
     )
-    postgres = PostgresServer.from_url(settings.database_url.get_secret_value(), home)
+    rabbit.users = broker_users(settings, rabbit.user)
+    rabbit.namespace_pattern = re.escape(settings.broker_namespace)
+    # The migration role owns the database; the other processes get login roles.
+    postgres = PostgresServer.from_url(
+        settings.database_url_for("migrate").get_secret_value(), home
+    )
+    postgres.logins = database_logins(settings, postgres.user)
     return rabbit, postgres
 
 
-def up(settings: Settings) -> None:
-    """Start both servers (harmless when they already run)."""
+def up(settings: Settings) -> list[str]:
+    """Start both servers (harmless when they already run), then apply the migrations and
+    the grants (``chouette migrate``); return the migrations applied now."""
     ensure_binaries()
     rabbit, postgres = servers(settings)
-    postgres.start()
+    applied = start_postgres(postgres)
     rabbit.start()
+    # Users of least privilege may not declare the exchanges and queues: the admin does.
+    _run_sync(lambda: declare_topology(rabbit.url, settings))
+    return applied
+
+
+async def declare_topology(url: str, settings: Settings) -> None:
+    """Declare the pipeline's exchanges and queues as ``url``'s user (``chouette migrate``
+    does the same)."""
+    from shared.broker import Broker
+
+    broker = Broker(
+        url, namespace=settings.broker_namespace, delivery_limit=settings.broker_delivery_limit
+    )
+    await broker.connect()
+    await broker.close(within=5)
+
+
+def start_postgres(postgres: PostgresServer) -> list[str]:
+    """Start PostgreSQL, create the processes' login roles, apply the migrations and the
+    grants as the owner (``chouette migrate``); return the migrations applied now."""
+    from shared import db
+
+    postgres.start()
+    postgres.ensure_logins()  # also when the server was already running
+    return _run_sync(lambda: db.migrate_at(postgres.url, grants=True))
 
 
 def down(settings: Settings) -> None:

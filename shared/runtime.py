@@ -151,22 +151,25 @@ async def _serve(
 ) -> None:
     settings = settings or Settings()
     logs.configure(settings.log_level, settings.log_format)
-    dsn = settings.database_url.get_secret_value()
+    database_url = settings.database_url_for(queue)
+    amqp_url = settings.amqp_url_for(queue)
+    dsn = database_url.get_secret_value()
     logger.info(
         "starting %s: broker %s, database %s",
         queue,
-        redact_url(settings.amqp_url),
-        redact_url(settings.database_url),
+        redact_url(amqp_url),
+        redact_url(database_url),
     )
     pool: db.Pool = await connect_with_retry(lambda: db.create_pool(dsn), "PostgreSQL")  # type: ignore[assignment]
     try:
-        await db.migrate(pool)
+        await db.migrate_if_asked(settings, pool, dsn)
         broker = Broker(
-            settings.amqp_url.get_secret_value(),
+            amqp_url.get_secret_value(),
             namespace=settings.broker_namespace,
             delivery_limit=settings.broker_delivery_limit,
             heartbeat=settings.amqp_heartbeat,
             max_body_bytes=settings.broker_max_body_bytes,
+            declare=settings.auto_migrate,
         )
         broker.outage = OutageWait(
             probe=lambda: pool.fetchval("SELECT 1"),

@@ -59,6 +59,26 @@ class Settings(BaseSettings):
 
     amqp_url: SecretStr = SecretStr("amqp://chouette:chouette@127.0.0.1:5672/")
     database_url: SecretStr = SecretStr("postgresql://chouette:chouette@127.0.0.1:5432/chouette")
+    # Least privilege (README "Guarantees", shared/privileges.py): each process may connect
+    # as a role of its own; empty, it uses DATABASE_URL (one owner role for everything).
+    migrate_database_url: SecretStr = SecretStr("")  # owns the schema: `chouette migrate`
+    fetcher_database_url: SecretStr = SecretStr("")
+    trainer_database_url: SecretStr = SecretStr("")
+    evaluator_database_url: SecretStr = SecretStr("")
+    api_database_url: SecretStr = SecretStr("")  # the prediction API (read-only)
+    cli_database_url: SecretStr = SecretStr("")  # train, evaluate, promote, prune
+    reader_database_url: SecretStr = SecretStr("")  # status, watch, models, report, ...
+    # The same for RabbitMQ: a user per service, and one for the CLI that may only publish
+    # (shared/broker.py: permissions); MIGRATE_AMQP_URL declares the exchanges and queues.
+    migrate_amqp_url: SecretStr = SecretStr("")
+    fetcher_amqp_url: SecretStr = SecretStr("")
+    trainer_amqp_url: SecretStr = SecretStr("")
+    evaluator_amqp_url: SecretStr = SecretStr("")
+    cli_amqp_url: SecretStr = SecretStr("")
+    # Services and writing CLI commands apply pending migrations at start-up (with
+    # MIGRATE_DATABASE_URL) and declare the broker's exchanges and queues. false: only
+    # `chouette migrate` does, as when each process has a role of its own that cannot.
+    auto_migrate: bool = True
 
     # Prefix of every exchange and queue name: lets several pipelines (or tests) share a broker.
     broker_namespace: str = "chouette"
@@ -81,6 +101,21 @@ class Settings(BaseSettings):
 
     # Where `chouette services up` keeps RabbitMQ and PostgreSQL data.
     chouette_home: Path = Path(".chouette")
+
+    def database_url_for(self, process: str) -> SecretStr:
+        """The URL ``process`` connects with (``fetcher``, ``trainer``, ``evaluator``,
+        ``api``, ``cli``, ``reader``, ``migrate``): its own, else ``DATABASE_URL``.
+        ``reader`` falls back on ``CLI_DATABASE_URL`` before ``DATABASE_URL``."""
+        own: SecretStr = getattr(self, f"{process}_database_url")
+        if not own.get_secret_value() and process == "reader":
+            own = self.cli_database_url
+        return own if own.get_secret_value() else self.database_url
+
+    def amqp_url_for(self, process: str) -> SecretStr:
+        """The RabbitMQ URL of ``process`` (``fetcher``, ``trainer``, ``evaluator``,
+        ``cli``, ``migrate``): its own, else ``AMQP_URL``."""
+        own: SecretStr = getattr(self, f"{process}_amqp_url")
+        return own if own.get_secret_value() else self.amqp_url
 
     @property
     def has_api_credentials(self) -> bool:

@@ -25,8 +25,14 @@ from shared import db
 from shared.broker import BINDINGS, Broker
 from shared.local_services import PostgresServer, RabbitServer, free_port
 from shared.settings import Settings
+from tests.plugins.roles import BROKER_NAMESPACES, broker_users
 
-pytest_plugins = ["tests.plugins.simulator", "tests.plugins.datasets", "tests.plugins.pipeline"]
+pytest_plugins = [
+    "tests.plugins.simulator",
+    "tests.plugins.datasets",
+    "tests.plugins.roles",
+    "tests.plugins.pipeline",
+]
 
 TEMPLATE_DB = "chouette_template"
 
@@ -35,6 +41,13 @@ TEMPLATE_DB = "chouette_template"
 class Servers:
     amqp_url: str
     database_url: str  # an administrative database; tests use db_url
+    # The broker was started here, with the per-process users of tests/plugins/roles.py.
+    broker_users: bool = False
+
+    @property
+    def users_amqp_url(self) -> str | None:
+        """The broker's URL when it has those users (for ``role_env``)."""
+        return self.amqp_url if self.broker_users else None
 
     def database(self, name: str) -> str:
         parts = urlsplit(self.database_url)
@@ -55,12 +68,19 @@ def _start_servers(tmp: Path) -> tuple[Servers, list[object]]:
         postgres.start()
         started.append(postgres)
         database = postgres.url
+    users = False
     if not amqp:
-        rabbit = RabbitServer(tmp / "rabbitmq", port=free_port(), consumer_timeout_ms=3_600_000)
+        rabbit = RabbitServer(
+            tmp / "rabbitmq",
+            port=free_port(),
+            consumer_timeout_ms=3_600_000,
+            users=broker_users(),
+            namespace_pattern=BROKER_NAMESPACES,
+        )
         rabbit.start()
         started.append(rabbit)
-        amqp = rabbit.url
-    return Servers(amqp, database), started
+        amqp, users = rabbit.url, True
+    return Servers(amqp, database, users), started
 
 
 async def _prepare_template(servers: Servers) -> None:

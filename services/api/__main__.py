@@ -31,7 +31,13 @@ def main() -> int:
     if problem is not None:
         print(f"api: {problem}", file=sys.stderr)
         return 2
-    app = create_app(api, lifespan(settings.database_url.get_secret_value(), api), version_info())
+    migrate_url = settings.database_url_for("migrate").get_secret_value()
+    resources = lifespan(
+        settings.database_url_for("api").get_secret_value(),
+        api,
+        migrate_url=migrate_url if settings.auto_migrate else None,
+    )
+    app = create_app(api, resources, version_info())
     config = uvicorn.Config(
         app,
         host=api.host,

@@ -20,7 +20,16 @@ from shared.settings import ApiSettings
 logger = logging.getLogger(__name__)
 
 
-def lifespan(database_url: str, settings: ApiSettings, *, recheck_s: float = 30.0):  # type: ignore[no-untyped-def]
+def lifespan(  # type: ignore[no-untyped-def]
+    database_url: str,
+    settings: ApiSettings,
+    *,
+    recheck_s: float = 30.0,
+    migrate_url: str | None = None,
+):
+    """The API's pool and model server; with ``migrate_url`` (``AUTO_MIGRATE``), pending
+    migrations are applied first, as that role (the API's own only reads)."""
+
     @contextlib.asynccontextmanager
     async def open_resources(metrics: Metrics) -> AsyncIterator[Resources]:
         pool: db.Pool = await connect_with_retry(  # type: ignore[assignment]
@@ -29,7 +38,10 @@ def lifespan(database_url: str, settings: ApiSettings, *, recheck_s: float = 30.
         server: ModelServer | None = None
         follower: asyncio.Task[None] | None = None
         try:
-            await db.migrate(pool)
+            if migrate_url == database_url:
+                await db.migrate(pool)
+            elif migrate_url is not None:
+                await db.migrate_at(migrate_url)
             server = ModelServer(pool, settings)
 
             def on_champion(served: ServedModel) -> None:

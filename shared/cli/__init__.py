@@ -4,6 +4,7 @@
     chouette status | watch       request progress from Postgres (watch: LISTEN/NOTIFY)
     chouette models | report      the model registry; curves and confusion matrix as PNG
     chouette predict              class probabilities for local images (loads TensorFlow)
+    chouette migrate              apply migrations and set each role's grants (the only DDL)
     chouette services | worker    local RabbitMQ + PostgreSQL; run one service by module name
     chouette weights              pull (verified) and list the ImageNet weights cache
 

@@ -34,7 +34,7 @@ async def run_champion(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.command == "promote":
         model_id = parse_model_id(args.model)
-        async with open_pool(settings) as pool:
+        async with open_pool(settings, writes=True) as pool:
             try:
                 change = await champions.promote(pool, model_id)
             except champions.NotPromotable as exc:
@@ -43,7 +43,8 @@ async def run_champion(args: argparse.Namespace, settings: Settings) -> int:
         _print([change], state, args.json)
         return OK
     reference = None if args.reference is None else parse_range(args.reference)
-    async with open_pool(settings) as pool:
+    writes = reference is not None or bool(args.no_reference)
+    async with open_pool(settings, writes=writes) as pool:
         changes: list[champions.Change] = []
         if reference is not None:
             changes = await champions.pin_reference(pool, *reference)

@@ -74,14 +74,22 @@ async def run_command(
         from shared.cli.champion import run_champion
 
         return await run_champion(args, settings or Settings())
-    handlers = {"status": status_command, "watch": watch_command, "models": models_command}
+    handlers = {
+        "status": status_command,
+        "watch": watch_command,
+        "models": models_command,
+        "migrate": migrate_command,
+    }
     return await handlers[command](args, settings or Settings())
 
 
 @contextlib.asynccontextmanager
-async def open_pool(settings: Settings) -> AsyncIterator[db.Pool]:
-    """A small pool with migrations applied (the CLI may be the first to touch a database)."""
-    dsn = settings.database_url.get_secret_value()
+async def open_pool(settings: Settings, *, writes: bool = False) -> AsyncIterator[db.Pool]:
+    """A small pool: as the CLI's role (``CLI_DATABASE_URL``) for a command that ``writes``,
+    with pending migrations applied first under ``AUTO_MIGRATE`` (the CLI may be the first
+    to touch a database); else as the read-only role (``READER_DATABASE_URL``), which never
+    migrates."""
+    dsn = settings.database_url_for("cli" if writes else "reader").get_secret_value()
     created: list[db.Pool] = []
     try:
         # No connection floor: while PostgreSQL is away, asyncpg would log a traceback per
@@ -99,22 +107,54 @@ async def open_pool(settings: Settings) -> AsyncIterator[db.Pool]:
         ) from None
     pool = created[0]
     try:
-        await db.migrate(pool)
+        if writes:
+            await db.migrate_if_asked(settings, pool, dsn)
         yield pool
     finally:
         await pool.close()
+
+
+async def migrate_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Apply pending migrations as the migration role and set every group role's grants
+    (shared.privileges); print what it applied."""
+    url = settings.database_url_for("migrate")
+    try:
+        applied = await asyncio.wait_for(db.migrate_at(url.get_secret_value(), grants=True), 300)
+    except Exception as exc:
+        raise CommandFailed(f"migrate at {redact_url(url)}: {exc}") from None
+    for name in applied:
+        print(f"applied {name}")
+    print(f"schema up to date ({len(db.migration_files())} migrations); grants set")
+    await declare_broker_topology(settings)
+    print(f"exchanges and queues of {settings.broker_namespace!r} declared")
+    return OK
+
+
+async def declare_broker_topology(settings: Settings) -> None:
+    """Declare the pipeline's exchanges and queues as ``MIGRATE_AMQP_URL`` (else
+    ``AMQP_URL``): users of least privilege may only use them."""
+    from shared.local_services import declare_topology
+
+    url = settings.amqp_url_for("migrate").get_secret_value()
+    try:
+        await asyncio.wait_for(declare_topology(url, settings), CONNECT_TIMEOUT_S)
+    except Exception as exc:
+        raise CommandFailed(
+            f"migrate: cannot declare the queues at {redact_url(url)}: {exc}"
+        ) from None
 
 
 @contextlib.asynccontextmanager
 async def open_publisher(settings: Settings) -> AsyncIterator[Publisher]:
     from shared.broker import Broker
 
-    url = settings.amqp_url.get_secret_value()
+    url = settings.amqp_url_for("cli").get_secret_value()
     broker = Broker(
         url,
         namespace=settings.broker_namespace,
         delivery_limit=settings.broker_delivery_limit,
         heartbeat=settings.amqp_heartbeat,
+        declare=settings.auto_migrate,
     )
     try:
         await asyncio.wait_for(broker.connect(), CONNECT_TIMEOUT_S)
@@ -161,7 +201,7 @@ async def submit_command(
         message = training_request(args)  # bad input stops here: nothing opened yet
     else:
         evaluation_request(args)  # everything but the model's existence, before connecting
-    async with open_pool(settings) as pool:
+    async with open_pool(settings, writes=True) as pool:
         if args.command == "evaluate":
             message = evaluation_request(args, await _evaluable_model_tags(pool, args.model))
         async with contextlib.AsyncExitStack() as stack:
@@ -169,7 +209,7 @@ async def submit_command(
                 publisher = await stack.enter_async_context(open_publisher(settings))
             listener = None
             if args.wait:  # subscribe before publishing: no notification can be missed
-                dsn = settings.database_url.get_secret_value()
+                dsn = settings.database_url_for("reader").get_secret_value()
                 listener = await stack.enter_async_context(
                     Listener.open(functools.partial(db.connect, dsn))
                 )

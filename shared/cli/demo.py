@@ -161,7 +161,7 @@ async def _train_and_evaluate(settings: Settings, messages: dict[str, Any]) -> i
 
     training = messages["training"]
     async with (
-        open_pool(settings) as pool,
+        open_pool(settings, writes=True) as pool,
         open_publisher(settings) as publisher,
         pool.acquire() as con,
         Listener(con) as listener,

@@ -197,6 +197,11 @@ def build_parser() -> Parser:
         help="add the misclassified images with their Grad-CAM overlays (loads TensorFlow)",
     )
 
+    sub.add_parser(
+        "migrate",
+        help="apply pending migrations and set each role's grants (MIGRATE_DATABASE_URL)",
+    )
+
     services = sub.add_parser("services", help="local RabbitMQ + PostgreSQL for development")
     services.add_argument("action", choices=("up", "down", "status"))
 

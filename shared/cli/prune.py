@@ -52,7 +52,7 @@ async def run_prune(args: argparse.Namespace, settings: Any) -> int:
         days = args.weights_older_than
     if not days >= 0:
         raise UsageError(f"--weights-older-than: must be 0 or more days, not {days}")
-    async with open_pool(settings) as pool:
+    async with open_pool(settings, writes=args.apply) as pool:
         if args.apply:
             result = await retention.apply(pool, weights_after_days=days)
         else:

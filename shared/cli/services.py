@@ -14,7 +14,8 @@ def run_services(action: str) -> int:
     settings = Settings()
     try:
         if action == "up":
-            local_services.up(settings)
+            for name in local_services.up(settings):
+                print(f"applied {name}")
         elif action == "down":
             local_services.down(settings)
     except Exception as exc:  # the module explains what is missing; show it on one line

@@ -48,7 +48,12 @@ def spec_from_row(row: Any) -> ModelSpec:
 
 
 async def mark_corrupt(con: asyncpg.Connection | asyncpg.Pool, model_id: int) -> None:
-    await con.execute("UPDATE models SET status = 'corrupt' WHERE id = $1", model_id)
+    """Record that the model's weights are corrupt, when this role may (the evaluator's
+    and the owner's may; a read-only one, the API's, only reports it)."""
+    try:
+        await con.execute("UPDATE models SET status = 'corrupt' WHERE id = $1", model_id)
+    except asyncpg.InsufficientPrivilegeError:
+        logger.warning("model %d is corrupt; this role may not mark it so", model_id)
 
 
 async def load_model(

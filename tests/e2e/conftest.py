@@ -3,7 +3,9 @@
 ``pipeline`` (session) creates a database and a broker namespace of its own on the test
 servers, starts ``python -m services.simulator|fetcher|trainer|evaluator`` with
 ``AMQP_URL``/``DATABASE_URL``/``BROKER_NAMESPACE``/``CHOUETTE_API_URL`` pointing at them,
-waits until each says it is ready, and stops them with SIGTERM at the end. Their logs go to
+each connecting to PostgreSQL as its own role and to RabbitMQ as its own user
+(``role_env``: the CLI too), waits until
+each says it is ready, and stops them with SIGTERM at the end. Their logs go to
 files; when an e2e test fails, the tail of every log is added to its report (set
 ``E2E_KEEP_LOGS=1`` to keep the whole files).
 
@@ -30,8 +32,10 @@ import asyncpg
 import pytest
 
 from shared import db
+from shared.broker import Broker
 from shared.cli.stack import ROOT, SERVICES, Stack, pipeline_env
 from shared.local_services import free_port
+from tests.plugins.roles import Login, role_env
 
 READY_TIMEOUT_S = float(os.environ.get("E2E_READY_TIMEOUT", "180"))
 STOP_TIMEOUT_S = 30.0
@@ -104,6 +108,12 @@ async def _create_database(admin_url: str, database_url: str, name: str) -> None
         await con.close()
 
 
+async def declare_topology(amqp_url: str, namespace: str, *, delivery_limit: int) -> None:
+    broker = Broker(amqp_url, namespace=namespace, delivery_limit=delivery_limit)
+    await broker.connect()
+    await broker.close()
+
+
 async def _drop_database(admin_url: str, name: str) -> None:
     con = await asyncpg.connect(admin_url)
     try:
@@ -113,7 +123,7 @@ async def _drop_database(admin_url: str, name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def pipeline(servers: Any) -> Iterator[Pipeline]:
+def pipeline(servers: Any, role_logins: dict[str, Login]) -> Iterator[Pipeline]:
     missing = _missing_services()
     if missing:
         pytest.fail(f"services missing: {', '.join(missing)}")
@@ -128,6 +138,10 @@ def pipeline(servers: Any) -> Iterator[Pipeline]:
         simulator_port=free_port(),
     )
     env.update({"BROKER_DELIVERY_LIMIT": "3", "LOG_LEVEL": "INFO"})
+    # Every service and every `chouette` command connects as its own role and RabbitMQ
+    # user, never migrating nor declaring: the administrator declares the queues first.
+    env.update(role_env(database_url, role_logins, servers.users_amqp_url))
+    asyncio.run(declare_topology(servers.amqp_url, namespace, delivery_limit=3))
     stack = Stack(env, Path(tempfile.mkdtemp(prefix="chouette-e2e-")))
     try:
         stack.start(("simulator", *SERVICES))

@@ -110,10 +110,24 @@ def test_private_hosts_are_refused_by_default_everywhere() -> None:
         assert effective.lower() in ("", "false", "0"), f"{name}: {value}"
 
 
+def _one_shots(services: dict) -> set[str]:
+    """Services others wait for to *complete* (``migrate``): they run once and exit."""
+    return {
+        dependency
+        for service in services.values()
+        for dependency, condition in (service.get("depends_on") or {}).items()
+        if condition.get("condition") == "service_completed_successfully"
+    }
+
+
 def test_compose_services_are_hardened() -> None:
-    """Health checks, no-new-privileges, capabilities dropped, memory limits: everywhere."""
-    for name, service in _compose()["services"].items():
-        assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
+    """Health checks (but on one-shots), no-new-privileges, capabilities dropped, memory
+    limits: everywhere."""
+    services = _compose()["services"]
+    one_shots = _one_shots(services)
+    for name, service in services.items():
+        if name not in one_shots:
+            assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
         assert "no-new-privileges:true" in service.get("security_opt", []), name
         assert service.get("cap_drop") == ["ALL"], name
         assert set(service.get("cap_add", [])) <= {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID",
@@ -122,6 +136,41 @@ def test_compose_services_are_hardened() -> None:
             assert not service.get("cap_add"), f"{name} runs as its own user: no capability"
         assert re.fullmatch(r"\$\{\w+_MEMORY_LIMIT:-\d+[mg]\}", str(service.get("mem_limit"))), name
         assert not service.get("privileged"), name
+
+
+def _db_user(url: str) -> str:
+    """The user of a compose DATABASE_URL (its password is a ${...} interpolation)."""
+    match = re.match(r"postgresql://([^:@/]+):", url)
+    assert match, url
+    return match.group(1)
+
+
+def test_compose_services_connect_as_their_own_database_roles() -> None:
+    """Only `migrate` connects as the schema's owner; each service as its own login role
+    (deploy/postgres-roles.sh), never migrating, started once `migrate` succeeded; the
+    image's superuser is used by nothing."""
+    services = _compose()["services"]
+    assert services["migrate"]["entrypoint"] == ["chouette", "migrate"]
+    # It declares the queues too: the services may not.
+    assert "AMQP_URL" in services["migrate"]["environment"]
+    assert set(services["migrate"]["depends_on"]) == {"rabbitmq", "postgres"}
+    owner = _db_user(services["migrate"]["environment"]["DATABASE_URL"])
+    assert owner == "chouette" != services["postgres"]["environment"]["POSTGRES_USER"]
+    assert any("postgres-roles.sh" in v for v in services["postgres"]["volumes"])
+    users = set()
+    for name in ("fetcher", "trainer", "evaluator", "api"):
+        env = services[name]["environment"]
+        user = _db_user(env["DATABASE_URL"])
+        assert user not in (owner, "postgres"), f"{name} connects as {user}"
+        users.add(user)
+        assert str(env["AUTO_MIGRATE"]).lower() == "false", name
+        condition = services[name]["depends_on"]["migrate"]["condition"]
+        assert condition == "service_completed_successfully", name
+    assert len(users) == 4
+    script = (ROOT / "deploy" / "postgres-roles.sh").read_text()
+    for login in ("fetcher", "trainer", "evaluator"):
+        assert f"{login}:chouette_{login}" in script
+    assert "api:chouette_reader" in script
 
 
 def test_the_simulator_runs_only_in_the_demo_profile() -> None:

@@ -3,7 +3,9 @@
 ``pipeline`` starts ``python -m services.<name>`` processes (through the same
 :class:`shared.cli.stack.Stack` as the demo, the benchmarks and the e2e harness) against
 this test's database, broker namespace and the session's simulator, and stops them all at
-the end. Fault tests kill, signal and restart them::
+the end. Each service connects as its own PostgreSQL role and RabbitMQ user (``role_env``),
+never migrating nor declaring queues.
+Fault tests kill, signal and restart them::
 
     async def test_x(pipeline: Pipeline) -> None:
         pipeline.start("fetcher"); pipeline.start("trainer"); pipeline.start("evaluator")
@@ -40,6 +42,7 @@ from shared.messages import (
     TrainingRequested,
 )
 from shared.settings import Settings
+from tests.plugins.roles import Login, role_env
 
 
 @dataclass
@@ -183,11 +186,18 @@ async def pipeline(
     pool: db.Pool,
     broker: Broker,
     simulator_server: Any,
+    role_logins: dict[str, Login],
+    servers: Any,
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[Pipeline]:
     simulator_server.reset()
-    p = Pipeline(settings, pool, broker, tmp_path, env=simulator_server.env())
+    # Each service connects as its own login role and RabbitMQ user (tests/plugins/roles.py)
+    # and neither migrates nor declares (``broker`` declared the queues): every test on
+    # this harness proves that the role's grants and the user's permissions are enough.
+    roles = role_env(settings.database_url.get_secret_value(), role_logins, servers.users_amqp_url)
+    env = {**simulator_server.env(), **roles}
+    p = Pipeline(settings, pool, broker, tmp_path, env=env)
     try:
         yield p
     finally:

@@ -6,6 +6,7 @@ import json
 import uuid
 
 import pytest
+from pydantic import SecretStr
 
 from shared import db
 from shared.broker import Broker
@@ -125,10 +126,17 @@ async def test_train_names_the_services_that_nothing_runs_yet(
     assert "note" not in capsys.readouterr().err
 
 
+def _declaring(settings: Settings) -> Settings:
+    """A CLI that declares the queues: AUTO_MIGRATE, as the administrator (AMQP_URL). The
+    conftest's CLI user of least privilege only publishes to what exists."""
+    return settings.model_copy(update={"auto_migrate": True, "cli_amqp_url": SecretStr("")})
+
+
 async def test_queues_declared_with_other_arguments_are_named_not_called_unreachable(
     settings: Settings, broker: Broker, pool: db.Pool
 ) -> None:
-    other = settings.model_copy(update={"broker_delivery_limit": 7})  # the queues say 3
+    # The queues say 3 (only a CLI that declares them compares their arguments).
+    other = _declaring(settings).model_copy(update={"broker_delivery_limit": 7})
     with pytest.raises(CommandFailed, match="refused the pipeline's queues") as failed:
         await chouette(other, "train", *RANGE, "--arch", "ResNet50")
     assert "is it running" not in str(failed.value)
@@ -148,6 +156,7 @@ async def test_ctrl_c_while_declaring_the_queues_closes_the_connection(
     import shared.broker
     from shared.cli.commands import open_publisher
 
+    settings = _declaring(settings)
     declaring, channels = asyncio.Event(), []
 
     async def stuck(channel: object, namespace: str, delivery_limit: int) -> None:

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from shared import weight_store
+from shared import db, weight_store
 from shared.choices import ARCHITECTURES
 from shared.modeling import ModelSpec, build_model
 from tests.plugins import rows
 from tests.plugins.datasets import create_dataset, create_request
+from tests.plugins.roles import Login
 
 pytestmark = pytest.mark.integration
 
@@ -100,6 +101,26 @@ async def test_corrupt_weights_are_detected_and_the_model_marked(pool: Any) -> N
     assert await pool.fetchval("SELECT status FROM models WHERE id = $1", model_id) == "corrupt"
     with pytest.raises(weight_store.CorruptWeights, match="marked corrupt"):
         await weight_store.load_model(pool, model_id)
+
+
+async def test_a_read_only_role_reports_corrupt_weights_without_marking_them(
+    pool: Any, db_url: str, role_logins: dict[str, Login]
+) -> None:
+    """The API and the read-only commands load models as the reader, who may not write:
+    corrupt weights are still the clear error, not a permission error, and an evaluator
+    (who may) marks the model later."""
+    dataset_id = await create_dataset(pool, per_class={"vine": 1, "ground": 1})
+    spec = ModelSpec(architecture="ResNet50", image_size=32, class_names=("vine", "ground"))
+    model_id = await model_row(pool, spec, dataset_id)
+    await store_trained(pool, model_id, build_model(spec), part_bytes=1 << 20)
+    await pool.execute("DELETE FROM model_weights WHERE model_id = $1 AND part = 3", model_id)
+    reader = await db.create_pool(role_logins["reader"].url(db_url), max_size=1)
+    try:
+        with pytest.raises(weight_store.CorruptWeights, match=f"model {model_id} is corrupt"):
+            await weight_store.load_model(reader, model_id)
+    finally:
+        await reader.close()
+    assert await pool.fetchval("SELECT status FROM models WHERE id = $1", model_id) == "trained"
 
 
 async def test_missing_parts_and_unknown_models_are_clear_errors(pool: Any) -> None:
