@@ -167,6 +167,7 @@ async def _serve(
             delivery_limit=settings.broker_delivery_limit,
             heartbeat=settings.amqp_heartbeat,
             max_body_bytes=settings.broker_max_body_bytes,
+            outage_wait_seconds=settings.broker_outage_wait_seconds,
         )
         broker.outage = OutageWait(
             probe=lambda: pool.fetchval("SELECT 1"),
