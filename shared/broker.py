@@ -326,7 +326,7 @@ class Broker:
             key = incoming.message_id
             with request_context(request_id):
                 running = self._deliveries.get(key) if key else None
-                if running is not None:
+                if running is not None and running.take_over(incoming):
                     # The channel of the first delivery was lost (a RabbitMQ outage) while
                     # this process went on handling it: no second handling, no attempt spent.
                     logger.info(
@@ -334,7 +334,6 @@ class Broker:
                         " the handling in progress settles it",
                         type(message).__name__,
                     )
-                    running.take_over(incoming)
                     return
                 delivery = Delivery(incoming)
                 if key:
@@ -427,7 +426,11 @@ class Broker:
             logger.exception("could not requeue a copy; requeueing the delivery itself")
             await delivery.settle(_nack_requeue, "requeue", self.outage_wait_seconds)
             return
-        await delivery.settle(_ack, "acknowledge", self.outage_wait_seconds)
+        # The copy (same message id) is a new message, handled anew even by this process.
+        delivery.settled = True
+        # Not acked (connection lost meanwhile): the original comes back too, a duplicate
+        # that idempotent handlers absorb.
+        await Delivery(incoming).settle(_ack, "acknowledge", 0)
 
     async def _fail(
         self,

@@ -44,13 +44,19 @@ class Delivery:
     incoming: AbstractIncomingMessage
     # Deliveries that replaced an earlier one lost with its channel (broker outages).
     outages: int = 0
+    # Settled: a redelivery now (an ack lost with its connection) is handled anew.
+    settled: bool = False
     _newer: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def take_over(self, incoming: AbstractIncomingMessage) -> None:
-        """``incoming`` is a redelivery of this message: settle it, not the lost one."""
+    def take_over(self, incoming: AbstractIncomingMessage) -> bool:
+        """``incoming`` is a redelivery of this message: settle it, not the lost one.
+        False when this delivery is already settled (``incoming`` must be handled)."""
+        if self.settled:
+            return False
         self.incoming = incoming
         self.outages += 1
         self._newer.set()
+        return True
 
     async def settle(self, action: Settle, what: str, within: float) -> bool:
         """Apply ``action`` (ack, nack, reject) to the newest delivery; when the channel is
@@ -64,6 +70,7 @@ class Delivery:
             self._newer.clear()
             try:
                 await action(incoming)
+                self.settled = True
                 return True
             except asyncio.CancelledError:
                 raise
