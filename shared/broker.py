@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -53,6 +54,7 @@ from shared.logs import request_context
 from shared.messages import Message, RequestFailed, parse_message, shorten
 from shared.outages import OutageWait
 from shared.request_state import Stage
+from shared.redelivery import ATTEMPTS_HEADER, Delivery, attempts_spent
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +113,17 @@ class Broker:
     # Declare the exchanges and queues on connecting (AUTO_MIGRATE). A user of least
     # privilege may not: ``chouette migrate`` declares them, and this only uses them.
     declare: bool = True
+    # While RabbitMQ is unreachable, a handler's results wait this long to be published
+    # (and its delivery to be settled) before the handling is abandoned to a redelivery.
+    outage_wait_seconds: float = 900.0
 
     connection: AbstractRobustConnection | None = field(default=None, init=False)
     _channel: AbstractChannel | None = field(default=None, init=False)
     _exchange: AbstractExchange | None = field(default=None, init=False)
     _consumers: list[tuple[AbstractQueue, str]] = field(default_factory=list, init=False)
     _inflight: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    # The message ids this process is handling (a redelivery after an outage joins them).
+    _deliveries: dict[str, Delivery] = field(default_factory=dict, init=False)
     stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     # Set by the service: a handler failing while the database is unreachable waits for it
     # and handles the same delivery again, instead of spending a delivery attempt.
@@ -196,6 +203,66 @@ class Broker:
         )
         logger.debug("published %s %s", type(message).__name__, message.routing_key)
 
+    async def publish_when_back(self, message: Message) -> None:
+        """Publish; while RabbitMQ is unreachable, retry until it is back (at most
+        ``outage_wait_seconds``). A refusal from a reachable broker (unroutable, nacked)
+        raises at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.outage_wait_seconds
+        delay, noted = 0.5, False
+        while True:
+            try:
+                async with asyncio.timeout(max(1.0, min(30.0, deadline - loop.time()))):
+                    await self.publish(message)
+                if noted:
+                    logger.info("RabbitMQ is back; published %s", type(message).__name__)
+                return
+            except (aio_pika.exceptions.DeliveryError, aio_pika.exceptions.PublishError):
+                raise
+            except Exception as exc:
+                if loop.time() >= deadline:
+                    raise
+                if not noted:
+                    logger.warning(
+                        "RabbitMQ unreachable (%s: %s); publishing %s once it is back (up to"
+                        " %.0fs)",
+                        type(exc).__name__,
+                        exc,
+                        type(message).__name__,
+                        self.outage_wait_seconds,
+                    )
+                    noted = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _requeue_copy(
+        self, incoming: AbstractIncomingMessage, queue: str, spent: int
+    ) -> None:
+        """Put a copy of ``incoming`` back at the tail of ``queue`` with a fresh delivery
+        count, carrying the ``spent`` failed attempts in a header (outages made RabbitMQ
+        count more deliveries than there were attempts)."""
+        assert self._exchange is not None, "connect() first"
+        headers = {k: v for k, v in (incoming.headers or {}).items() if not k.startswith("x-")}
+        headers[ATTEMPTS_HEADER] = spent
+        # Through the pipeline's exchange with the message's own routing key (bound to this
+        # queue alone): a service's RabbitMQ user may publish there, not to the default
+        # exchange (least privilege).
+        if incoming.routing_key not in BINDINGS[queue]:
+            raise RuntimeError(f"routing key {incoming.routing_key!r} does not lead to {queue}")
+        await self._exchange.publish(
+            aio_pika.Message(
+                incoming.body,
+                headers=headers,
+                content_type=incoming.content_type,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=incoming.message_id,
+                correlation_id=incoming.correlation_id,
+                type=incoming.type,
+            ),
+            routing_key=incoming.routing_key,
+            mandatory=True,
+        )
+
     async def consumer_counts(self, queues: Sequence[str]) -> dict[str, int]:
         """How many consumers each work queue has now (one passive declare per queue)."""
         assert self.connection is not None, "connect() first"
@@ -227,10 +294,7 @@ class Broker:
         amqp_queue = await channel.get_queue(self.queue_name(queue), ensure=True)
         stage = STAGES[queue]
 
-        async def on_message(incoming: AbstractIncomingMessage) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._inflight.add(task)  # type: ignore[arg-type]
+        async def handle(incoming: AbstractIncomingMessage) -> None:
             try:
                 await self._handle(incoming, queue, stage, accepts, handler, on_failure)
             except asyncio.CancelledError:
@@ -239,12 +303,26 @@ class Broker:
                 # Settling failed (connection lost, database down while recording a
                 # failure): the unacked message is redelivered once the channel is back.
                 logger.exception("could not settle a message on %s; it will be redelivered", queue)
-            finally:
-                self._inflight.discard(task)  # type: ignore[arg-type]
 
-        tag = await amqp_queue.consume(on_message)
+        tag = await amqp_queue.consume(functools.partial(self._detached, handle))
         self._consumers.append((amqp_queue, tag))
         logger.info("consuming %s (prefetch %d)", self.queue_name(queue), prefetch)
+
+    async def _detached(
+        self,
+        handle: Callable[[AbstractIncomingMessage], Coroutine[Any, Any, None]],
+        incoming: AbstractIncomingMessage,
+    ) -> None:
+        """Run ``handle`` in a task of its own, which only :meth:`stop_consuming` cancels.
+
+        aio-pika cancels its consumer callbacks when their channel closes: a RabbitMQ
+        outage would cancel every handler in the middle of its work (a fetch, a training),
+        though the work needs PostgreSQL, not the broker. Shielded, the work goes on, and
+        its redelivery joins it (:mod:`shared.redelivery`)."""
+        task = asyncio.create_task(handle(incoming))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        await asyncio.shield(task)
 
     async def _handle(
         self,
@@ -261,25 +339,57 @@ class Broker:
                 message = read_body(incoming.body, accepts, queue, self.max_body_bytes)
             except InvalidMessage as exc:
                 logger.error("rejecting invalid message: %s", exc)
-                await self._fail(incoming, queue, stage, str(exc), request_id, on_failure)
+                await self._fail(Delivery(incoming), queue, stage, str(exc), request_id, on_failure)
                 return
 
             request_id = message.request_id
+            key = incoming.message_id
             with request_context(request_id):
-                attempt = _delivery_count(incoming) + 1
-                logger.info("handling %s (delivery %d)", type(message).__name__, attempt)
-                for _ in range(MAX_OUTAGES_PER_DELIVERY):
-                    if not await self._handle_once(
-                        incoming, message, attempt, queue, stage, handler, on_failure
-                    ):
-                        return
-                    logger.info("handling %s again (same delivery)", type(message).__name__)
-                logger.error("too many outages during one delivery; requeueing it")
-                await incoming.nack(requeue=True)
+                running = self._deliveries.get(key) if key else None
+                if running is not None and running.take_over(incoming):
+                    # The channel of the first delivery was lost (a RabbitMQ outage) while
+                    # this process went on handling it: no second handling, no attempt spent.
+                    logger.info(
+                        "%s delivered again while still handled here (RabbitMQ outage);"
+                        " the handling in progress settles it",
+                        type(message).__name__,
+                    )
+                    return
+                delivery = Delivery(incoming)
+                if key:
+                    self._deliveries[key] = delivery
+                try:
+                    await self._handle_delivery(
+                        delivery, message, queue, stage, handler, on_failure
+                    )
+                finally:
+                    if key and self._deliveries.get(key) is delivery:
+                        del self._deliveries[key]
+
+    async def _handle_delivery(
+        self,
+        delivery: Delivery,
+        message: Message,
+        queue: str,
+        stage: str,
+        handler: Handler,
+        on_failure: FailureSink,
+    ) -> None:
+        incoming = delivery.incoming
+        attempt = attempts_spent(incoming.headers) + _delivery_count(incoming) + 1
+        logger.info("handling %s (delivery %d)", type(message).__name__, attempt)
+        for _ in range(MAX_OUTAGES_PER_DELIVERY):
+            if not await self._handle_once(
+                delivery, message, attempt, queue, stage, handler, on_failure
+            ):
+                return
+            logger.info("handling %s again (same delivery)", type(message).__name__)
+        logger.error("too many outages during one delivery; requeueing it")
+        await self._requeue(delivery, queue, attempt)
 
     async def _handle_once(
         self,
-        incoming: AbstractIncomingMessage,
+        delivery: Delivery,
         message: Message,
         attempt: int,
         queue: str,
@@ -293,11 +403,11 @@ class Broker:
         try:
             result = await handler(message)
             for out in _as_list(result):
-                await self.publish(out)
-            await incoming.ack()
+                await self.publish_when_back(out)
+            await delivery.settle(_ack, "acknowledge", self.outage_wait_seconds)
         except PermanentError as exc:
             logger.error("permanent failure: %s", exc)
-            await self._fail(incoming, queue, stage, str(exc), request_id, on_failure)
+            await self._fail(delivery, queue, stage, str(exc), request_id, on_failure)
         except asyncio.CancelledError:
             # Stopping: leave the message unacked; it is redelivered to another consumer.
             logger.warning("delivery cancelled before it was settled; it will be redelivered")
@@ -310,17 +420,41 @@ class Broker:
             if attempt >= self.delivery_limit:
                 logger.exception("failed %d times, giving up", attempt)
                 error = f"gave up after {attempt} attempts: {text}"
-                await self._fail(incoming, queue, stage, error, request_id, on_failure)
+                await self._fail(delivery, queue, stage, error, request_id, on_failure)
                 return False
             delay = backoff.delay(attempt - 1, self.retry_backoff, self.retry_backoff_max)
             logger.warning("attempt %d failed (%s); requeue in %.1fs", attempt, text, delay)
             await asyncio.sleep(delay)
-            await incoming.nack(requeue=True)
+            await self._requeue(delivery, queue, attempt)
         return False
+
+    async def _requeue(self, delivery: Delivery, queue: str, attempt: int) -> None:
+        """Give the message back after failed attempt number ``attempt``.
+
+        A plain nack, unless outages made RabbitMQ count deliveries that were no attempts:
+        then a copy with a fresh count and the attempts spent goes to the tail of the queue
+        and the delivery is acked, so outages never bring a message closer to the
+        dead-letter queue."""
+        incoming = delivery.incoming
+        if attempts_spent(incoming.headers) + _delivery_count(incoming) + 1 <= attempt:
+            await delivery.settle(_nack_requeue, "requeue", self.outage_wait_seconds)
+            return
+        logger.info("requeueing a copy: %d delivery(ies) were RabbitMQ outages", delivery.outages)
+        try:
+            await self._requeue_copy(incoming, queue, attempt)
+        except Exception:
+            logger.exception("could not requeue a copy; requeueing the delivery itself")
+            await delivery.settle(_nack_requeue, "requeue", self.outage_wait_seconds)
+            return
+        # The copy (same message id) is a new message, handled anew even by this process.
+        delivery.settled = True
+        # Not acked (connection lost meanwhile): the original comes back too, a duplicate
+        # that idempotent handlers absorb.
+        await Delivery(incoming).settle(_ack, "acknowledge", 0)
 
     async def _fail(
         self,
-        incoming: AbstractIncomingMessage,
+        delivery: Delivery,
         queue: str,
         stage: str,
         error: str,
@@ -329,20 +463,23 @@ class Broker:
     ) -> None:
         """Record the failure, tell watchers, then dead-letter the message."""
         error = shorten(error, MAX_ERROR_CHARS)
+        incoming = delivery.incoming
         if not await self._record(on_failure, request_id, queue, stage, error, incoming.body):
             # Without the failure row the user would never learn why: try again later.
             # RabbitMQ's own x-delivery-limit still bounds the attempts (and the dead
             # letter is recorded by the dead-letter consumer).
             logger.error("could not record the failure; requeueing the message")
             await asyncio.sleep(self.retry_backoff_max)
-            await incoming.nack(requeue=True)
+            await delivery.settle(_nack_requeue, "requeue", self.outage_wait_seconds)
             return
         if request_id is not None:
             try:
-                await self.publish(RequestFailed(request_id=request_id, stage=stage, error=error))
+                await self.publish_when_back(
+                    RequestFailed(request_id=request_id, stage=stage, error=error)
+                )
             except Exception:
                 logger.warning("could not publish RequestFailed; the failure row is written")
-        await incoming.reject(requeue=False)
+        await delivery.settle(_reject, "dead-letter", self.outage_wait_seconds)
 
     async def _record(
         self,
@@ -377,20 +514,15 @@ class Broker:
         dead = await channel.get_queue(f"{self.queue_name(queue)}.dead", ensure=True)
         stage = STAGES[queue]
 
-        async def on_message(incoming: AbstractIncomingMessage) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._inflight.add(task)  # type: ignore[arg-type]
+        async def handle(incoming: AbstractIncomingMessage) -> None:
             try:
                 await self._settle_dead_letter(incoming, queue, stage, on_failure)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("could not settle a dead letter of %s; it stays queued", queue)
-            finally:
-                self._inflight.discard(task)  # type: ignore[arg-type]
 
-        tag = await dead.consume(on_message)
+        tag = await dead.consume(functools.partial(self._detached, handle))
         self._consumers.append((dead, tag))
 
     async def _settle_dead_letter(
@@ -539,6 +671,18 @@ def _delivery_count(incoming: AbstractIncomingMessage) -> int:
         return int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return 0
+
+
+async def _ack(incoming: AbstractIncomingMessage) -> None:
+    await incoming.ack()
+
+
+async def _nack_requeue(incoming: AbstractIncomingMessage) -> None:
+    await incoming.nack(requeue=True)
+
+
+async def _reject(incoming: AbstractIncomingMessage) -> None:
+    await incoming.reject(requeue=False)
 
 
 def _uuid_or_none(value: str | None) -> uuid.UUID | None:

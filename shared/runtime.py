@@ -170,6 +170,7 @@ async def _serve(
             heartbeat=settings.amqp_heartbeat,
             max_body_bytes=settings.broker_max_body_bytes,
             declare=settings.auto_migrate,
+            outage_wait_seconds=settings.broker_outage_wait_seconds,
         )
         broker.outage = OutageWait(
             probe=lambda: pool.fetchval("SELECT 1"),

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     # A handler failing while PostgreSQL is unreachable waits this long for it to come
     # back and handles the same delivery again, without spending a delivery attempt.
     database_outage_wait_seconds: int = Field(900, ge=0)
+    # While RabbitMQ is unreachable, a handler's results wait this long to be published and
+    # its delivery to be settled; the handler itself goes on (shared/redelivery.py).
+    broker_outage_wait_seconds: int = Field(900, ge=0)
 
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"

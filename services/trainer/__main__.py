@@ -11,6 +11,7 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
+from services.trainer.cache_dir import sweep_stale  # noqa: E402
 from services.trainer.handler import TrainerHandler  # noqa: E402
 from services.trainer.thread import training_in_progress  # noqa: E402
 from shared.broker import TRAINER, Broker  # noqa: E402
@@ -24,6 +25,8 @@ def make_handler(pool: Pool, broker: Broker, settings: Settings) -> TrainerHandl
     from services.trainer.training import configure_accelerator
 
     trainer = TrainerSettings()
+    # What trainings killed with `kill -9` left on disk (their lock died with them).
+    sweep_stale(trainer.cache_dir)
     accelerator = configure_accelerator(
         mixed_precision=trainer.gpu_mixed_precision, xla=trainer.gpu_xla
     )

@@ -50,4 +50,23 @@ def _run_async(args: object) -> int:
 
     from shared.cli.commands import run_command
 
+    take_ctrl_c()
     return asyncio.run(run_command(args))  # type: ignore[arg-type]
+
+
+def take_ctrl_c() -> None:
+    """Make SIGINT interrupt the command even when it was started with SIGINT ignored.
+
+    A process inherits an ignored SIGINT: a shell without job control ignores it for every
+    background job (``cmd &`` in a script, CI runners, ``make test`` started that way), and
+    Python then leaves it ignored. ``asyncio.run`` only turns SIGINT into a cancellation of
+    the command when Python's own handler is installed, so ``chouette train --wait`` went on
+    waiting for good after Ctrl-C (``kill -INT``), and the 10 s deadline of ``--wait`` never
+    armed: the full-suite hang of the Ctrl-C test. ``chouette watch`` already took SIGINT
+    whatever its inheritance (``loop.add_signal_handler``); every async command now does.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)

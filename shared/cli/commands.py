@@ -205,16 +205,20 @@ async def submit_command(
         if args.command == "evaluate":
             message = evaluation_request(args, await _evaluable_model_tags(pool, args.model))
         async with contextlib.AsyncExitStack() as stack:
-            if publisher is None:
-                publisher = await stack.enter_async_context(open_publisher(settings))
             listener = None
             if args.wait:  # subscribe before publishing: no notification can be missed
                 dsn = settings.database_url_for("reader").get_secret_value()
                 listener = await stack.enter_async_context(
                     Listener.open(functools.partial(db.connect, dsn))
                 )
-            await record_and_publish(pool, publisher, message)
-            await note_missing_services(publisher, message)
+            # RabbitMQ only while publishing: following reads PostgreSQL alone, so a broker
+            # outage while `--wait` follows neither stops it nor fills its terminal with
+            # reconnection errors (the services publish what they must once it is back).
+            async with contextlib.AsyncExitStack() as broker_stack:
+                if publisher is None:
+                    publisher = await broker_stack.enter_async_context(open_publisher(settings))
+                await record_and_publish(pool, publisher, message)
+                await note_missing_services(publisher, message)
             if listener is None:
                 return await _print_submitted(pool, message.request_id, args.json)
             return await _wait(listener, message.request_id, args)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shared.cli.stack import ROOT
+from shared.local_services import PostgresServer
 from tests.plugins.pipeline import Pipeline
 
 # Two months of simulated field photos: ~100 training images, a few seconds per epoch.
@@ -44,3 +49,191 @@ async def assert_one_model(pipeline: Pipeline, request_id: uuid.UUID) -> None:
         "SELECT count(*) FROM models WHERE request_id = $1", request_id
     )
     assert models == 1
+
+
+POSTGRES_OUTAGE_SECONDS = 60
+
+
+def start_cli(
+    env: dict[str, str], out: Path, err: Path, epochs: int = 4
+) -> subprocess.Popen[bytes]:
+    """`chouette train --wait` on a short range, its output in files."""
+    start, end = SHORT
+    argv = ["train", "--start-date", start, "--end-date", end, "--arch", "ResNet50"]
+    argv += ["--image-size", "32", "--epochs", str(epochs), "--batch-size", "8"]
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", *argv, "--wait", "--timeout", "900"],
+            cwd=ROOT,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+        )
+
+
+async def first_line_id(out: Path, cli: subprocess.Popen[bytes]) -> uuid.UUID:
+    """The request id `chouette train` prints at once."""
+    for _ in range(120):
+        lines = (await asyncio.to_thread(out.read_text)).splitlines()
+        if lines:
+            return uuid.UUID(lines[0].strip())
+        assert cli.poll() is None, "chouette train exited before printing the request id"
+        await asyncio.sleep(0.5)
+    raise AssertionError("chouette train printed no request id in 60 s")
+
+
+async def postgres_down_for_a_minute_mid_stage(
+    stage: str,
+    private_postgres: PostgresServer,
+    servers: Any,
+    pipeline_on: Any,
+    simulator_server: Any,
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL stopped for a minute in the middle of ``stage`` (one test file per stage:
+    `make test` runs files in parallel, the outages no longer add up)."""
+    env = {"FETCHER_CONCURRENCY": "2"} if stage == "fetching" else {}
+    async with pipeline_on(servers.amqp_url, private_postgres.url, **env) as pipeline:
+        if stage == "fetching":  # ~25 s of downloads: the outage starts in the middle
+            # Here, not before: entering pipeline_on resets the simulator's faults.
+            simulator_server.set_faults(latency=0.5)
+        pipeline.start_all()
+        await asyncio.to_thread(pipeline.stack.wait_ready, 400)
+        # Submitted and followed by `chouette train --wait`, which must ride out the outage.
+        out, err = tmp_path / "cli.out", tmp_path / "cli.err"
+        cli = await asyncio.to_thread(start_cli, pipeline.base_env(), out, err)
+        request_id = await first_line_id(out, cli)
+        if stage == "evaluating":
+            # The evaluator's first request traces its inference graph: seconds of work.
+            await wait_for_log(pipeline, "evaluator", "handling ModelReady")
+        elif stage == "training":
+            # After the first epoch (which traces the network): the next commit meets the outage.
+            await pipeline.wait_until(f"SELECT ({EPOCHS_OF_REQUEST}) >= 1", request_id, timeout=600)
+        else:
+            await pipeline.wait_until(
+                "SELECT 1 FROM training_requests WHERE id = $1 AND stage = $2"
+                " AND status = 'running'",
+                request_id,
+                stage,
+                timeout=600,
+            )
+            await asyncio.sleep(1)
+        await asyncio.to_thread(private_postgres.stop)
+        await asyncio.sleep(POSTGRES_OUTAGE_SECONDS)
+        await asyncio.to_thread(private_postgres.start)
+
+        row = await pipeline.wait_for(request_id, timeout=600)
+        assert row["status"] == "succeeded", (row["stage"], row["error"], pipeline.logs())
+        code = await asyncio.to_thread(cli.wait, 120)
+        stdout, stderr = await asyncio.to_thread(lambda: (out.read_text(), err.read_text()))
+        assert code == 0, (stdout, stderr)
+        assert "succeeded" in stdout
+        assert "Traceback" not in stderr, stderr
+        assert stderr.count("PostgreSQL unreachable") == 1, stderr
+        # The outage met a handler, which waited for the database instead of failing.
+        logs = "".join(service.text() for service in pipeline.services.values())
+        assert "PostgreSQL unreachable; waiting for it" in logs
+        assert "requeue in" not in logs  # no delivery attempt was spent
+        running = await pipeline.pool.fetchval(
+            "SELECT count(*) FROM training_requests WHERE status = 'running'"
+        )
+        assert running == 0
+        for key, service in pipeline.services.items():
+            assert service.popen.poll() is None, f"{key} died:\n{service.text()[-3000:]}"
+
+
+RABBITMQ_OUTAGE_SECONDS = 20
+TAKEN_OVER = "delivered again while still handled here"
+
+
+async def log_count(pipeline: Pipeline, key: str, text: str, count: int, timeout: float) -> None:
+    """Wait until ``key``'s log holds ``text`` at least ``count`` times."""
+    deadline = time.monotonic() + timeout
+    while pipeline.services[key].text().count(text) < count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{key} logged {text!r} fewer than {count} times:\n{pipeline.logs()}")
+        await asyncio.sleep(0.5)
+
+
+async def rabbitmq_down_mid_stage(
+    stage: str,
+    outages: int,
+    private_rabbit: Any,
+    db_url: str,
+    pipeline_on: Any,
+    simulator_server: Any,
+    tmp_path: Path,
+) -> None:
+    """RabbitMQ stopped ``outages`` times for ~20 s in the middle of ``stage``, restarted on
+    the same port and data directory each time: the handler goes on, publishes its result
+    once RabbitMQ is back and settles the redelivery, spending no delivery attempt."""
+    rabbit = await asyncio.to_thread(private_rabbit)
+    key = {"fetching": "fetcher", "training": "trainer"}[stage]
+    env = {"FETCHER_CONCURRENCY": "2"} if stage == "fetching" else {}
+    async with pipeline_on(rabbit.url, db_url, **env) as pipeline:
+        if stage == "fetching":  # downloads outlast the outages (set after pipeline_on)
+            simulator_server.set_faults(latency=0.5 if outages == 1 else 1.5)
+        pipeline.start_all()
+        await asyncio.to_thread(pipeline.stack.wait_ready, 400)
+        out, err = tmp_path / "cli.out", tmp_path / "cli.err"
+        cli = await asyncio.to_thread(start_cli, pipeline.base_env(), out, err)
+        request_id = await first_line_id(out, cli)
+        if stage == "training":  # after the first epoch (which traces the network)
+            await pipeline.wait_until(f"SELECT ({EPOCHS_OF_REQUEST}) >= 1", request_id, timeout=600)
+        else:
+            await pipeline.wait_until(
+                "SELECT 1 FROM training_requests WHERE id = $1 AND stage = $2"
+                " AND status = 'running'",
+                request_id,
+                stage,
+                timeout=600,
+            )
+            await asyncio.sleep(1)
+        for n in range(outages):
+            await asyncio.to_thread(rabbit.stop)
+            await asyncio.sleep(RABBITMQ_OUTAGE_SECONDS)
+            await asyncio.to_thread(rabbit.start)
+            if n + 1 < outages:  # the next outage meets the same message again
+                await log_count(pipeline, key, TAKEN_OVER, n + 1, timeout=120)
+
+        row = await pipeline.wait_for(request_id, timeout=600)
+        assert row["status"] == "succeeded", (row["stage"], row["error"], pipeline.logs())
+        code = await asyncio.to_thread(cli.wait, 120)
+        stdout, stderr = await asyncio.to_thread(lambda: (out.read_text(), err.read_text()))
+        assert code == 0, (stdout, stderr)
+        assert "succeeded" in stdout
+        assert "Traceback" not in stderr, stderr
+        logs = pipeline.services[key].text()
+        # Each outage met the handler, which went on; its redelivery was settled by the
+        # handling in progress, never handled again nor counted as an attempt.
+        assert logs.count(TAKEN_OVER) == outages, pipeline.logs()
+        assert "requeue in" not in logs, pipeline.logs()
+        assert "(delivery 2)" not in logs, pipeline.logs()
+        assert "could not settle" not in logs, pipeline.logs()
+        running = await pipeline.pool.fetchval(
+            "SELECT count(*) FROM training_requests WHERE status = 'running'"
+        )
+        assert running == 0
+        # Events kept flowing: the result reached the events queue after the outages.
+        events = await drain_queue(rabbit.url, f"{pipeline.settings.broker_namespace}.events")
+        assert any(
+            m.correlation_id == str(request_id) and m.type == "ModelEvaluated" for m in events
+        ), [(m.type, m.correlation_id) for m in events]
+        for name, service in pipeline.services.items():
+            assert service.popen.poll() is None, f"{name} died:\n{service.text()[-3000:]}"
+
+
+async def drain_queue(amqp_url: str, queue: str) -> list[Any]:
+    """Every message waiting in ``queue`` (acked: the queue ends empty)."""
+    import aio_pika
+
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        amqp_queue = await channel.get_queue(queue, ensure=True)
+        messages = []
+        while (message := await amqp_queue.get(fail=False, no_ack=True)) is not None:
+            messages.append(message)
+        return messages
+    finally:
+        await connection.close()

@@ -22,7 +22,14 @@ from tests.integration.cli.helpers import drain
 pytestmark = pytest.mark.integration
 
 
-def _cli(*argv: str, env: dict[str, str]) -> subprocess.Popen[str]:
+def _cli(*argv: str, env: dict[str, str], sigint_ignored: bool = False) -> subprocess.Popen[str]:
+    """The CLI as a subprocess; ``sigint_ignored`` starts it with SIGINT ignored, as a shell
+    without job control starts a background job (and as this suite's processes inherit it
+    when the suite itself was started that way)."""
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     return subprocess.Popen(
         [sys.executable, "-m", "shared.cli", *argv],
         cwd=ROOT,
@@ -30,6 +37,7 @@ def _cli(*argv: str, env: dict[str, str]) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ignore_sigint if sigint_ignored else None,
     )
 
 
@@ -59,15 +67,12 @@ async def test_watch_runs_until_ctrl_c(db_url: str, pool: db.Pool) -> None:
     assert "fetching 1/9" in out
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect, open: in full-suite runs the CLI sometimes does not exit within 60 s"
-    " of SIGINT, before the cancellation reaches _wait (the 10 s deadline there never arms);"
-    " passes alone and under synthetic CPU load",
-)
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "inherited-ignore"])
 async def test_ctrl_c_while_waiting_stops_the_waiting_not_the_request(
-    settings: Settings, broker: object, pool: db.Pool
+    settings: Settings, broker: object, pool: db.Pool, sigint_ignored: bool
 ) -> None:
+    """Whether SIGINT came in ignored or not: in full-suite runs started in the background,
+    every subprocess inherited an ignored SIGINT and `--wait` never stopped (it hung)."""
     env = {
         **os.environ,
         "AMQP_URL": settings.amqp_url.get_secret_value(),
@@ -76,7 +81,7 @@ async def test_ctrl_c_while_waiting_stops_the_waiting_not_the_request(
         "BROKER_DELIVERY_LIMIT": str(settings.broker_delivery_limit),
     }
     argv = ["train", "--start-date", "2021-06-01", "--end-date", "2021-06-14", "--arch", "ResNet50"]
-    waiter = _cli(*argv, "--wait", env=env)
+    waiter = _cli(*argv, "--wait", env=env, sigint_ignored=sigint_ignored)
     assert waiter.stdout is not None and waiter.stderr is not None
     request_id = (await asyncio.to_thread(waiter.stdout.readline)).strip()
     assert request_id, waiter.communicate()[1]
@@ -166,7 +171,7 @@ async def test_ctrl_c_soon_after_train_starts_always_exits_promptly(
     hung, odd = [], []
     for n in range(runs):
         started = time.monotonic()
-        cli = _cli(*argv, env=env)
+        cli = _cli(*argv, env=env, sigint_ignored=n % 2 == 1)  # every other run: inherited
         await asyncio.sleep(0.2 + 1.0 * n / runs)  # from the imports to the publish
         cli.send_signal(signal.SIGINT)
         try:
