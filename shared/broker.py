@@ -53,8 +53,8 @@ from shared.errors import InvalidMessage, PermanentError
 from shared.logs import request_context
 from shared.messages import Message, RequestFailed, parse_message, shorten
 from shared.outages import OutageWait
-from shared.request_state import Stage
 from shared.redelivery import ATTEMPTS_HEADER, Delivery, attempts_spent
+from shared.request_state import Stage
 
 logger = logging.getLogger(__name__)
 
