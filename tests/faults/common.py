@@ -101,7 +101,10 @@ async def postgres_down_for_a_minute_mid_stage(
         await asyncio.to_thread(pipeline.stack.wait_ready, 400)
         # Submitted and followed by `chouette train --wait`, which must ride out the outage.
         out, err = tmp_path / "cli.out", tmp_path / "cli.err"
-        cli = await asyncio.to_thread(start_cli, pipeline.base_env(), out, err)
+        # Training: enough epochs (a few seconds each at 32 px) that the outage, started
+        # after the first, meets the training rather than a request already finished.
+        epochs = 30 if stage == "training" else 4
+        cli = await asyncio.to_thread(start_cli, pipeline.base_env(), out, err, epochs)
         request_id = await first_line_id(out, cli)
         if stage == "evaluating":
             # The evaluator's first request traces its inference graph: seconds of work.
