@@ -8,10 +8,10 @@ import uuid
 import pytest
 from pydantic import SecretStr
 
+from chouette.app import CommandFailed
+from chouette.parser import UsageError
 from shared import db
 from shared.broker import Broker
-from shared.cli.app import CommandFailed
-from shared.cli.parser import UsageError
 from shared.messages import TrainingRequested
 from shared.settings import Settings
 from tests.integration.cli import seed
@@ -154,7 +154,7 @@ async def test_ctrl_c_while_declaring_the_queues_closes_the_connection(
     import asyncio
 
     import shared.broker
-    from shared.cli.commands import open_publisher
+    from chouette.commands import open_publisher
 
     settings = _declaring(settings)
     declaring, channels = asyncio.Event(), []

@@ -9,7 +9,7 @@ import runpy
 import sys
 from collections.abc import Sequence
 
-from shared.cli.parser import WORKERS
+from chouette.parser import WORKERS
 
 
 def run_worker(name: str, args: Sequence[str] = ()) -> int:

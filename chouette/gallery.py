@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.cli import queries
-from shared.cli.app import CommandFailed
-
-# Misclassified images shown per evaluation (the most confident mistakes first).
-GALLERY_LIMIT = 24
+from chouette import queries
+from chouette.app import CommandFailed
+from shared.plots import GALLERY_LIMIT
 
 
 @dataclass
@@ -70,7 +68,7 @@ class Gallery:
 async def misclassified_gallery(
     pool: Any, model: dict[str, Any], evaluations: list[dict[str, Any]]
 ) -> Gallery:
-    from shared.cli.predict import native_stderr_held
+    from chouette.predict import native_stderr_held
     from shared.errors import PermanentError
 
     gallery = Gallery(evaluations=evaluations)

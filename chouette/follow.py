@@ -20,9 +20,9 @@ from typing import Any, TextIO, TypeVar
 
 import asyncpg
 
+from chouette import queries
+from chouette.render import ProgressView, epoch_metrics, fmt, printable, short_id
 from shared import backoff
-from shared.cli import queries
-from shared.cli.render import ProgressView, epoch_metrics, fmt, printable, short_id
 from shared.request_state import FINAL
 
 RECHECK_S = 30.0
@@ -222,7 +222,7 @@ async def watch(
     recent: int = 10,
 ) -> None:
     """Print the recent requests, then one line per event until ``stop`` is set."""
-    from shared.cli.render import requests_table
+    from chouette.render import requests_table
 
     stop = stop or asyncio.Event()
     epoch_totals: dict[int, int | None] = {}

@@ -10,8 +10,8 @@ import argparse
 import json
 from typing import Any
 
-from shared.cli.app import OK
-from shared.cli.parser import UsageError
+from chouette.app import OK
+from chouette.parser import UsageError
 
 _WHAT = {
     "checkpoints": "models: checkpoints of trainings that ended",
@@ -44,8 +44,8 @@ def _mib(nbytes: int) -> str:
 
 
 async def run_prune(args: argparse.Namespace, settings: Any) -> int:
+    from chouette.commands import open_pool
     from shared import retention
-    from shared.cli.commands import open_pool
 
     days = settings.retention_weights_days
     if args.weights_older_than is not None:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from shared.broker import declare_topology_as
 from shared.settings import Settings, TrainerSettings, consumer_timeout_ms
 
 logger = logging.getLogger(__name__)
@@ -651,20 +652,14 @@ def up(settings: Settings) -> list[str]:
     applied = start_postgres(postgres)
     rabbit.start()
     # Users of least privilege may not declare the exchanges and queues: the admin does.
-    _run_sync(lambda: declare_topology(rabbit.url, settings))
-    return applied
-
-
-async def declare_topology(url: str, settings: Settings) -> None:
-    """Declare the pipeline's exchanges and queues as ``url``'s user (``chouette migrate``
-    does the same)."""
-    from shared.broker import Broker
-
-    broker = Broker(
-        url, namespace=settings.broker_namespace, delivery_limit=settings.broker_delivery_limit
+    _run_sync(
+        lambda: declare_topology_as(
+            rabbit.url,
+            namespace=settings.broker_namespace,
+            delivery_limit=settings.broker_delivery_limit,
+        )
     )
-    await broker.connect()
-    await broker.close(within=5)
+    return applied
 
 
 def start_postgres(postgres: PostgresServer) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from shared.cli.parser import UsageError, build_parser
+from chouette.parser import UsageError, build_parser
 
 OK, FAILED, BAD_INPUT = 0, 1, 2
 
@@ -19,19 +19,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(args_list)
         if args.command == "worker":
-            from shared.cli.worker import run_worker
+            from chouette.worker import run_worker
 
             return run_worker(args.name, args.args)
         if args.command == "services":
-            from shared.cli.services import run_services
+            from chouette.services import run_services
 
             return run_services(args.action)
         if args.command == "demo":
-            from shared.cli.demo import run_demo
+            from chouette.demo import run_demo
 
             return run_demo(args)
         if args.command == "weights":
-            from shared.cli.weights import run_weights
+            from chouette.weights import run_weights
 
             return run_weights(args)
         return _run_async(args)
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_async(args: object) -> int:
     import asyncio
 
-    from shared.cli.commands import run_command
+    from chouette.commands import run_command
 
     take_ctrl_c()
     return asyncio.run(run_command(args))  # type: ignore[arg-type]

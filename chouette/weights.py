@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from chouette.app import FAILED, OK
+from chouette.parser import UsageError
 from shared import pretrained
 from shared.choices import ARCHITECTURES
-from shared.cli.app import FAILED, OK
-from shared.cli.parser import UsageError
 
 
 def add_parser(sub: argparse._SubParsersAction[Any]) -> None:

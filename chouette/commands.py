@@ -15,12 +15,11 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from shared import db, shutdown
-from shared.cli import queries, render
-from shared.cli.app import FAILED, OK, CommandFailed
-from shared.cli.follow import Listener, follow, stop_on_signals, watch, with_reconnect
-from shared.cli.parser import UsageError
-from shared.cli.submit import (
+from chouette import queries, render
+from chouette.app import FAILED, OK, CommandFailed
+from chouette.follow import Listener, follow, stop_on_signals, watch, with_reconnect
+from chouette.parser import UsageError
+from chouette.submit import (
     Publisher,
     evaluation_request,
     kind_of,
@@ -28,6 +27,7 @@ from shared.cli.submit import (
     parse_model_id,
     training_request,
 )
+from shared import db, shutdown
 from shared.messages import Message
 from shared.request_state import Stage
 from shared.settings import Settings, redact_url
@@ -51,27 +51,27 @@ async def run_command(
     if command in ("train", "evaluate"):
         return await submit_command(args, settings or Settings(), publisher)
     if command == "predict":
-        from shared.cli.predict import run_predict
+        from chouette.predict import run_predict
 
         return await run_predict(args, settings or Settings())
     if command == "export":
-        from shared.cli.export import run_export
+        from chouette.export import run_export
 
         return await run_export(args, settings or Settings())
     if command == "explain":
-        from shared.cli.explain import run_explain
+        from chouette.explain import run_explain
 
         return await run_explain(args, settings or Settings())
     if command == "report":
-        from shared.cli.report import run_report
+        from chouette.report import run_report
 
         return await run_report(args, settings or Settings())
     if command == "prune":
-        from shared.cli.prune import run_prune
+        from chouette.prune import run_prune
 
         return await run_prune(args, settings or Settings())
     if command in ("champion", "promote"):
-        from shared.cli.champion import run_champion
+        from chouette.champion import run_champion
 
         return await run_champion(args, settings or Settings())
     handlers = {
@@ -133,11 +133,18 @@ async def migrate_command(args: argparse.Namespace, settings: Settings) -> int:
 async def declare_broker_topology(settings: Settings) -> None:
     """Declare the pipeline's exchanges and queues as ``MIGRATE_AMQP_URL`` (else
     ``AMQP_URL``): users of least privilege may only use them."""
-    from shared.local_services import declare_topology
+    from shared.broker import declare_topology_as  # lazy: aio_pika; --help stays fast
 
     url = settings.amqp_url_for("migrate").get_secret_value()
     try:
-        await asyncio.wait_for(declare_topology(url, settings), CONNECT_TIMEOUT_S)
+        await asyncio.wait_for(
+            declare_topology_as(
+                url,
+                namespace=settings.broker_namespace,
+                delivery_limit=settings.broker_delivery_limit,
+            ),
+            CONNECT_TIMEOUT_S,
+        )
     except Exception as exc:
         raise CommandFailed(
             f"migrate: cannot declare the queues at {redact_url(url)}: {exc}"
@@ -146,7 +153,7 @@ async def declare_broker_topology(settings: Settings) -> None:
 
 @contextlib.asynccontextmanager
 async def open_publisher(settings: Settings) -> AsyncIterator[Publisher]:
-    from shared.broker import Broker
+    from shared.broker import Broker  # lazy: aio_pika; --help stays fast
 
     url = settings.amqp_url_for("cli").get_secret_value()
     broker = Broker(

@@ -1,14 +1,14 @@
-"""``chouette services up|down|status``: local RabbitMQ + PostgreSQL (shared.local_services)."""
+"""``chouette services up|down|status``: local RabbitMQ + PostgreSQL (localstack.servers)."""
 
 from __future__ import annotations
 
 import sys
 
-from shared.cli.app import FAILED, OK, CommandFailed
+from chouette.app import FAILED, OK, CommandFailed
 
 
 def run_services(action: str) -> int:
-    from shared import local_services
+    from localstack import servers as local_services
     from shared.settings import Settings
 
     settings = Settings()

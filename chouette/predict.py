@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from shared.cli import render
-from shared.cli.app import OK, CommandFailed
-from shared.cli.parser import UsageError
-from shared.cli.submit import parse_model_id
+from chouette import render
+from chouette.app import OK, CommandFailed
+from chouette.parser import UsageError
+from chouette.submit import parse_model_id
 from shared.settings import Settings
 
 
@@ -70,12 +70,12 @@ def _size(data: bytes) -> tuple[int, int]:
 
 
 async def run_predict(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.cli.commands import open_pool
+    from chouette.commands import open_pool
 
     model_id = parse_model_id(args.model)
     images = read_images(args.images)
     async with open_pool(settings) as pool:
-        from shared.cli import queries
+        from chouette import queries
 
         row = await queries.model(pool, model_id)
         if row is None:

@@ -17,6 +17,6 @@ Importing this package stays cheap (no TensorFlow, no matplotlib, no drivers) so
 
 from __future__ import annotations
 
-from shared.cli.app import main
+from chouette.app import main
 
 __all__ = ["main"]

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.cli.app import OK, CommandFailed
-from shared.cli.parser import UsageError
-from shared.cli.predict import native_stderr_held
-from shared.cli.submit import parse_model_id
+from chouette.app import OK, CommandFailed
+from chouette.parser import UsageError
+from chouette.predict import native_stderr_held
+from chouette.submit import parse_model_id
 from shared.settings import Settings
 
 
 async def run_export(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.cli.commands import open_pool
+    from chouette.commands import open_pool
     from shared.errors import PermanentError
 
     model_id = parse_model_id(args.model, "MODEL")

@@ -1,6 +1,6 @@
 """``chouette demo`` (what ``make demo`` runs): from nothing to a result table.
 
-1. local RabbitMQ + PostgreSQL (``shared.local_services``), unless already healthy;
+1. local RabbitMQ + PostgreSQL (``localstack.servers``), unless already healthy;
 2. the simulator (unless real API credentials are configured) serving the real field
    photos of ``data/field-tiles`` (``--photos DIR`` for another folder, ``--generated``
    for the generated field dataset), and the three services, as subprocesses with their
@@ -22,14 +22,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.cli.app import FAILED, OK, CommandFailed
+from chouette.app import FAILED, OK, CommandFailed
 
 if TYPE_CHECKING:
     from shared.settings import Settings
 
 DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, DEFAULT_EPOCHS = "ResNet50V2", 64, 6
 # The real photos shipped with the project, served by the simulator's folder mode.
-DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "data" / "field-tiles"
+DEFAULT_PHOTOS = Path(__file__).resolve().parents[1] / "data" / "field-tiles"
 # With photos: the simulator's first season for training, the next for the later range
 # (services/simulator/photos.py SEASONS). Generated: two months, then the next two.
 PHOTO_TRAIN, PHOTO_EVAL = ("2023-04-01", "2023-09-30"), ("2024-04-01", "2024-09-30")
@@ -59,9 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from shared import local_services
-    from shared.cli.stack import SERVICES, Stack, pipeline_env
-    from shared.local_services import free_port
+    from localstack import servers as local_services
+    from localstack.processes import SERVICES, Stack, pipeline_env
+    from localstack.servers import free_port
     from shared.settings import Settings
 
     settings = Settings()
@@ -137,8 +137,8 @@ def _default_dates(args: argparse.Namespace, photos: bool) -> None:
 
 
 def _messages(args: argparse.Namespace) -> dict[str, Any]:
-    from shared.cli.parser import build_parser
-    from shared.cli.submit import training_request
+    from chouette.parser import build_parser
+    from chouette.submit import training_request
 
     train = build_parser().parse_args(
         [
@@ -154,10 +154,10 @@ def _messages(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _train_and_evaluate(settings: Settings, messages: dict[str, Any]) -> int:
-    from shared.cli import queries, render
-    from shared.cli.commands import follow_request, open_pool, open_publisher, record_and_publish
-    from shared.cli.follow import Listener
-    from shared.cli.submit import evaluation_request
+    from chouette import queries, render
+    from chouette.commands import follow_request, open_pool, open_publisher, record_and_publish
+    from chouette.follow import Listener
+    from chouette.submit import evaluation_request
 
     training = messages["training"]
     async with (
@@ -214,7 +214,7 @@ async def _train_and_evaluate(settings: Settings, messages: dict[str, Any]) -> i
 
 
 def result_table(model: dict[str, Any] | None, evaluations: list[dict[str, Any] | None]) -> str:
-    from shared.cli import render
+    from chouette import render
 
     assert model is not None
     rows = []
@@ -254,8 +254,8 @@ def _say(text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m shared.cli.demo [FLAGS]`` (``make demo``) is ``chouette demo [FLAGS]``."""
-    from shared.cli import main as chouette
+    """``python -m chouette.demo [FLAGS]`` (``make demo``) is ``chouette demo [FLAGS]``."""
+    from chouette import main as chouette
 
     return chouette(["demo", *(sys.argv[1:] if argv is None else argv)])
 

@@ -214,14 +214,14 @@ def build_parser() -> Parser:
     demo = sub.add_parser(
         "demo", help="start everything, train, evaluate on a later range, print the results"
     )
-    from shared.cli.demo import add_arguments
+    from chouette.demo import add_arguments
 
     add_arguments(demo)
 
-    from shared.cli.weights import add_parser as add_weights_parser
+    from chouette.weights import add_parser as add_weights_parser
 
     add_weights_parser(sub)
-    from shared.cli.prune import add_parser as add_prune_parser
+    from chouette.prune import add_parser as add_prune_parser
 
     add_prune_parser(sub)
     return parser

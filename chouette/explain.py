@@ -11,11 +11,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from shared.cli import render
-from shared.cli.app import OK, CommandFailed
-from shared.cli.parser import UsageError
-from shared.cli.predict import native_stderr_held, read_images
-from shared.cli.submit import parse_model_id
+from chouette import render
+from chouette.app import OK, CommandFailed
+from chouette.parser import UsageError
+from chouette.predict import native_stderr_held, read_images
+from chouette.submit import parse_model_id
 from shared.settings import Settings
 
 
@@ -41,8 +41,8 @@ def _out_dir(text: str) -> Path:
 
 
 async def run_explain(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.cli import queries
-    from shared.cli.commands import open_pool
+    from chouette import queries
+    from chouette.commands import open_pool
 
     model_id = parse_model_id(args.model)
     images = read_images(args.images)
