@@ -67,7 +67,7 @@ demo: venv system-deps
 ifeq ($(DOCKER),yes)
 	$(COMPOSE_SERVERS)
 endif
-	$(PY) -m chouette.demo
+	$(PY) -m chouette demo
 
 # Two workers, one test file each at a time: the suite waits on servers and subprocesses
 # as much as it computes, and a file's tests may share a session stack (tests/e2e).

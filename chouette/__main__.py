@@ -2,6 +2,6 @@
 
 import sys
 
-from chouette import main
+from chouette.app import main
 
 sys.exit(main())

@@ -1,40 +1,68 @@
-"""Entry point: parse, dispatch, map outcomes to exit codes (0 ok, 1 failure, 2 bad input)."""
+"""Entry point: parse, dispatch through one table, map outcomes to exit codes (0 ok,
+1 failure, 2 bad input).
+
+Every command module is imported here, at the top: none of them imports TensorFlow,
+matplotlib or the RabbitMQ client when imported (those wait for the functions that use
+them), so ``chouette --help`` still answers at once.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Awaitable, Callable, Sequence
 
-from chouette.parser import UsageError, build_parser
+from chouette import champion, commands, explain, export, predict, prune, report
+from chouette.demo import run_demo
+from chouette.errors import BAD_INPUT, FAILED, INTERRUPTED, CommandFailed, UsageError
+from chouette.parser import build_parser
+from chouette.services import run_services
+from chouette.submit import Publisher
+from chouette.weights import run_weights
+from chouette.worker import run_worker
+from shared.settings import Settings
 
-OK, FAILED, BAD_INPUT = 0, 1, 2
+AsyncCommand = Callable[[argparse.Namespace, Settings], Awaitable[int]]
 
+# Commands that run in an event loop of their own (``asyncio.run``), by name.
+ASYNC_COMMANDS: dict[str, AsyncCommand] = {
+    "train": commands.submit_command,
+    "evaluate": commands.submit_command,
+    "status": commands.status_command,
+    "watch": commands.watch_command,
+    "models": commands.models_command,
+    "migrate": commands.migrate_command,
+    "predict": predict.run_predict,
+    "export": export.run_export,
+    "explain": explain.run_explain,
+    "report": report.run_report,
+    "prune": prune.run_prune,
+    "champion": champion.run_champion,
+    "promote": champion.run_champion,
+}
 
-class CommandFailed(Exception):
-    """A command that ran but did not succeed (exit 1, the message on stderr)."""
+# Commands that start processes or servers, or fetch files: no event loop of their own
+# (``demo`` starts one once the services are up).
+SYNC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "worker": lambda args: run_worker(args.name, args.args),
+    "services": lambda args: run_services(args.action),
+    "demo": run_demo,
+    "weights": run_weights,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(args_list)
-        if args.command == "worker":
-            from chouette.worker import run_worker
-
-            return run_worker(args.name, args.args)
-        if args.command == "services":
-            from chouette.services import run_services
-
-            return run_services(args.action)
-        if args.command == "demo":
-            from chouette.demo import run_demo
-
-            return run_demo(args)
-        if args.command == "weights":
-            from chouette.weights import run_weights
-
-            return run_weights(args)
-        return _run_async(args)
+        sync = SYNC_COMMANDS.get(args.command)
+        if sync is not None:
+            return sync(args)
+        take_ctrl_c()
+        return asyncio.run(run_command(args))
     except UsageError as exc:
         print(f"chouette: error: {exc}", file=sys.stderr)
         return BAD_INPUT
@@ -42,16 +70,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chouette: {exc}", file=sys.stderr)
         return FAILED
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
 
 
-def _run_async(args: object) -> int:
-    import asyncio
-
-    from chouette.commands import run_command
-
-    take_ctrl_c()
-    return asyncio.run(run_command(args))  # type: ignore[arg-type]
+async def run_command(
+    args: argparse.Namespace,
+    *,
+    settings: Settings | None = None,
+    publisher: Publisher | None = None,
+) -> int:
+    """Run one command of ``ASYNC_COMMANDS`` in the running loop. ``publisher`` replaces
+    the RabbitMQ connection of ``train`` and ``evaluate`` (tests)."""
+    settings = settings or Settings()
+    if publisher is not None and args.command in ("train", "evaluate"):
+        return await commands.submit_command(args, settings, publisher)
+    return await ASYNC_COMMANDS[args.command](args, settings)
 
 
 def take_ctrl_c() -> None:
@@ -65,8 +98,5 @@ def take_ctrl_c() -> None:
     armed: the full-suite hang of the Ctrl-C test. ``chouette watch`` already took SIGINT
     whatever its inheritance (``loop.add_signal_handler``); every async command now does.
     """
-    import signal
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from chouette import queries
-from chouette.app import CommandFailed
+from chouette.errors import CommandFailed
+from chouette.predict import native_stderr_held
+from shared.errors import PermanentError
 from shared.plots import GALLERY_LIMIT
 
 
@@ -68,9 +70,6 @@ class Gallery:
 async def misclassified_gallery(
     pool: Any, model: dict[str, Any], evaluations: list[dict[str, Any]]
 ) -> Gallery:
-    from chouette.predict import native_stderr_held
-    from shared.errors import PermanentError
-
     gallery = Gallery(evaluations=evaluations)
     wrong = {
         ev["evaluation_id"]: await queries.misclassified(pool, ev["evaluation_id"], GALLERY_LIMIT)
@@ -79,8 +78,10 @@ async def misclassified_gallery(
     if not any(wrong.values()):
         return gallery
     with native_stderr_held():
-        from shared.gradcam import Explainer
-        from shared.weight_store import load_model
+        from shared.gradcam import Explainer  # lazy: model code (numpy; TensorFlow when called)
+        from shared.weight_store import (
+            load_model,  # lazy: model code (numpy; TensorFlow when called)
+        )
 
         try:
             network, spec, _ = await load_model(pool, model["model_id"])

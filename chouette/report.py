@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from chouette import queries
-from chouette.app import OK
-from chouette.parser import UsageError
+from chouette.connections import open_pool
+from chouette.errors import OK, UsageError
+from chouette.gallery import misclassified_gallery
 from chouette.render import fmt, later_differs, later_range_sentence
 from chouette.submit import parse_model_id
 from shared.plots import plot_confusion, plot_curves
@@ -28,8 +29,6 @@ Row = dict[str, Any]
 
 
 async def run_report(args: argparse.Namespace, settings: Settings) -> int:
-    from chouette.commands import open_pool
-
     model_id = parse_model_id(args.model, "MODEL")
     async with open_pool(settings) as pool:
         model = await queries.model(pool, model_id)
@@ -39,8 +38,6 @@ async def run_report(args: argparse.Namespace, settings: Settings) -> int:
         evaluations = await queries.evaluations_of_model(pool, model_id)
         gallery = None
         if getattr(args, "gallery", False):
-            from chouette.gallery import misclassified_gallery
-
             gallery = await misclassified_gallery(pool, model, evaluations)
     out = Path(args.out or f"reports/model-{model_id}")
     try:
@@ -127,7 +124,7 @@ def held_out_vs_later(model: Row, evaluations: list[Row]) -> list[str]:
 
 def write_report(model: Row, epochs: list[Row], evaluations: list[Row], out: Path) -> list[Path]:
     """Write the PNGs and ``summary.md`` under ``out``; return the paths written."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib takes seconds to import; only report draws
 
     matplotlib.use("Agg")
     out.mkdir(parents=True, exist_ok=True)

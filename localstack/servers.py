@@ -17,6 +17,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import os
 import pwd
@@ -33,7 +34,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from shared.broker import declare_topology_as
+import aio_pika
+import asyncpg
+
+from shared import db
+from shared.broker import declare_topology_as, permissions
+from shared.privileges import CLI, GROUP_ROLES, READER
 from shared.settings import Settings, TrainerSettings, consumer_timeout_ms
 
 logger = logging.getLogger(__name__)
@@ -280,8 +286,6 @@ class PostgresServer:
     def ensure_logins(self) -> None:
         """Create (or update) each process's login role, NOSUPERUSER NOCREATEDB
         NOCREATEROLE, and make it a member of its group role (created NOLOGIN if missing)."""
-        from shared.privileges import CLI, GROUP_ROLES, READER
-
         for login, password, group in self.logins:
             if group not in GROUP_ROLES:
                 raise ServiceError(f"unknown group role {group!r} for {login!r}")
@@ -311,7 +315,6 @@ class PostgresServer:
             self._run(pg_bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
 
     def healthy(self) -> bool:
-        import asyncpg
 
         async def check() -> bool:
             con = await asyncpg.connect(self.url, timeout=3)
@@ -447,9 +450,6 @@ class RabbitServer:
         the administrator too: a node that loads definitions creates no default user."""
         if not self.users:
             return []
-        import json
-
-        from shared.broker import permissions
 
         def user(name: str, password: str, tags: list[str]) -> dict[str, Any]:
             return {
@@ -542,7 +542,6 @@ class RabbitServer:
         """An AMQP connection with the configured credentials is the health check."""
         if not port_open(self.port):
             return False
-        import aio_pika
 
         async def check() -> bool:
             connection = await aio_pika.connect(self.url, timeout=3)
@@ -665,8 +664,6 @@ def up(settings: Settings) -> list[str]:
 def start_postgres(postgres: PostgresServer) -> list[str]:
     """Start PostgreSQL, create the processes' login roles, apply the migrations and the
     grants as the owner (``chouette migrate``); return the migrations applied now."""
-    from shared import db
-
     postgres.start()
     postgres.ensure_logins()  # also when the server was already running
     return _run_sync(lambda: db.migrate_at(postgres.url, grants=True))

@@ -1,4 +1,4 @@
-"""``make demo``'s command (``python -m chouette.demo``) as a user runs it.
+"""``make demo``'s command (``python -m chouette demo``) as a user runs it.
 
 Two runs, small (ResNet50V2 at 32 px, one epoch, a week of images) so they fit the suite:
 
@@ -47,7 +47,7 @@ NUL = bytes(1)
 def run_demo(env: dict[str, str], cwd: Path, dates: list[str]) -> subprocess.CompletedProcess[str]:
     # From another directory than the checkout, so no developer's .env is read.
     return subprocess.run(
-        [sys.executable, "-m", "chouette.demo", *SMALL, *dates],
+        [sys.executable, "-m", "chouette", "demo", *SMALL, *dates],
         cwd=cwd,
         env={**env, "PYTHONPATH": str(ROOT)},
         capture_output=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aio_pika
 
-from chouette.commands import run_command
+from chouette.app import run_command
 from chouette.parser import build_parser
 from shared.settings import Settings
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chouette.parser import UsageError
+from chouette.errors import UsageError
 from shared import db
 from shared.gradcam import Explainer
 from shared.settings import Settings

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from chouette.parser import UsageError
+from chouette.errors import UsageError
 from shared import db
 from shared.inference import BatchDecoder, Predictor
 from shared.modeling import ModelSpec, build_model

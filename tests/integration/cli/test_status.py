@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chouette.parser import UsageError
+from chouette.errors import UsageError
 from shared import db
 from shared.messages import (
     MAX_ERROR_CHARS,

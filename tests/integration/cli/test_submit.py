@@ -8,8 +8,7 @@ import uuid
 import pytest
 from pydantic import SecretStr
 
-from chouette.app import CommandFailed
-from chouette.parser import UsageError
+from chouette.errors import CommandFailed, UsageError
 from shared import db
 from shared.broker import Broker
 from shared.messages import TrainingRequested
@@ -154,7 +153,7 @@ async def test_ctrl_c_while_declaring_the_queues_closes_the_connection(
     import asyncio
 
     import shared.broker
-    from chouette.commands import open_publisher
+    from chouette.connections import open_publisher
 
     settings = _declaring(settings)
     declaring, channels = asyncio.Event(), []

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from chouette.commands import run_command
+from chouette.app import run_command
 from localstack import servers as local_services
 from localstack.servers import free_port
 from shared import db

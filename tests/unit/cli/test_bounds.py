@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from chouette import main
-from chouette.parser import UsageError, build_parser
+from chouette.app import main
+from chouette.errors import UsageError
+from chouette.parser import build_parser
 from chouette.submit import evaluation_request
 from tests.unit.cli.test_validation import train
 

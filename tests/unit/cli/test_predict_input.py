@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from chouette import main
-from chouette.parser import UsageError
+from chouette.app import main
+from chouette.errors import UsageError
 from chouette.predict import read_images
 
 

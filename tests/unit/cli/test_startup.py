@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from chouette import main
+from chouette.app import main
 
 
 def test_importing_the_cli_does_not_import_tensorflow() -> None:

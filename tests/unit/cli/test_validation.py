@@ -9,9 +9,9 @@ from typing import get_args
 
 import pytest
 
-from chouette import main
-from chouette.commands import run_command
-from chouette.parser import UsageError, build_parser
+from chouette.app import main, run_command
+from chouette.errors import UsageError
+from chouette.parser import build_parser
 from shared import messages
 from shared.messages import Message
 from shared.settings import Settings
