@@ -2,8 +2,9 @@
 1 failure, 2 bad input).
 
 Every command module is imported here, at the top: none of them imports TensorFlow,
-matplotlib or the RabbitMQ client when imported (those wait for the functions that use
-them), so ``chouette --help`` still answers at once.
+matplotlib or Pillow when imported (those wait for the functions that use them, with a
+``# lazy:`` reason), so ``chouette --help`` still answers at once (the drivers, pydantic
+and the settings take about a quarter of a second).
 """
 
 from __future__ import annotations

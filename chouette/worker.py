@@ -1,6 +1,6 @@
 """``chouette worker NAME``: run ``services.NAME`` by module name.
 
-The module is found at run time (``runpy``), so ``shared/`` keeps importing no service.
+The module is found at run time (``runpy``), so the command line imports no service.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The simulator and the three services as subprocesses (demo, benchmarks, e2e and fault tests).
 
-Services are started by module name (``python -m services.NAME``), so ``shared/`` still
+Services are started by module name (``python -m services.NAME``), so ``localstack`` still
 imports no service. Each process logs to its own file, named by its key (the service's
 name, or e.g. ``trainer2`` for a second trainer); a process started again under the same
 key appends to that file. A service is ready when its output says ``NAME ready``
