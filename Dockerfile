@@ -13,6 +13,10 @@ RUN pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
+# The `chouette` command (the image runs `chouette worker` and `chouette migrate`) and the
+# local tooling its `services` command drives.
+COPY chouette ./chouette
+COPY localstack ./localstack
 RUN pip install --no-deps . && useradd --create-home --uid 10001 chouette
 # What `GET /version` reports as the commit: `--build-arg GIT_COMMIT=$(git rev-parse HEAD)`.
 ARG GIT_COMMIT=

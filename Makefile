@@ -35,11 +35,11 @@ lock: venv
 
 # Debian packages for the local servers (installed only when root and missing).
 system-deps: venv
-	$(PY) -c "from shared.local_services import ensure_binaries; ensure_binaries()"
+	$(PY) -c "from localstack.servers import ensure_binaries; ensure_binaries()"
 
 # Debian's chromium and chromedriver for the results page's browser test (same rule).
 browser-deps: venv
-	$(PY) -c "from shared.local_services import ensure_browser; ensure_browser()"
+	$(PY) -c "from localstack.servers import ensure_browser; ensure_browser()"
 
 # With Docker, compose's servers get the local default passwords unless you set your own
 # (then set AMQP_URL and DATABASE_URL to match in .env). Compose requires the passwords of
@@ -67,7 +67,7 @@ demo: venv system-deps
 ifeq ($(DOCKER),yes)
 	$(COMPOSE_SERVERS)
 endif
-	$(PY) -m shared.cli.demo
+	$(PY) -m chouette demo
 
 # Two workers, one test file each at a time: the suite waits on servers and subprocesses
 # as much as it computes, and a file's tests may share a session stack (tests/e2e).

@@ -167,7 +167,7 @@ def main() -> None:
     server = None
     dsn = os.environ.get("BENCH_DATABASE_URL")
     if not dsn:
-        from shared.local_services import PostgresServer, free_port
+        from localstack.servers import PostgresServer, free_port
 
         tmp = Path(tempfile.mkdtemp(prefix="chouette-bench-"))
         server = PostgresServer(tmp / "postgres", port=free_port(), durable=False)

@@ -154,7 +154,7 @@ def main() -> None:
     peaks: dict[str, list[int]] = {"small": [], "large": []}
     try:
         if not dsn:
-            from shared.local_services import PostgresServer, free_port
+            from localstack.servers import PostgresServer, free_port
 
             server = PostgresServer(tmp / "postgres", port=free_port(), superuser=True)
             server.start()

@@ -47,9 +47,9 @@ from typing import Any
 
 import asyncpg
 
+from localstack.processes import ROOT, SERVICES, Stack, pipeline_env
+from localstack.servers import PostgresServer, RabbitServer, free_port
 from shared import db
-from shared.cli.stack import ROOT, SERVICES, Stack, pipeline_env
-from shared.local_services import PostgresServer, RabbitServer, free_port
 
 TARGET_S = 3.0
 TRAIN_RANGE = ("2021-05-01", "2021-05-07")
@@ -161,7 +161,7 @@ async def measure(database_url: str, request_id: str) -> dict[str, float]:
 def tiny_request(env: dict[str, str], arch: str) -> tuple[float, dict[str, Any]]:
     start, end = TRAIN_RANGE
     argv = [
-        sys.executable, "-m", "shared.cli", "train", "--start-date", start, "--end-date", end,
+        sys.executable, "-m", "chouette", "train", "--start-date", start, "--end-date", end,
         "--arch", arch, "--image-size", "32", "--epochs", "1", "--batch-size", "8",
         "--no-augment", "--wait", "--json", "--timeout", "900",
     ]  # fmt: skip

@@ -197,7 +197,7 @@ def main() -> None:
     server = None
     api = None
     dsn = os.environ.get("BENCH_DATABASE_URL")
-    from shared.local_services import PostgresServer, free_port
+    from localstack.servers import PostgresServer, free_port
     from shared.runtime import new_event_loop
 
     try:

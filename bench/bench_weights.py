@@ -145,7 +145,7 @@ def main() -> None:
     dsn = os.environ.get("BENCH_DATABASE_URL")
     try:
         if not dsn:
-            from shared.local_services import PostgresServer, free_port
+            from localstack.servers import PostgresServer, free_port
 
             server = PostgresServer(
                 tmp / "postgres", port=free_port(), superuser=True, durable=not args.no_fsync

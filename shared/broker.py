@@ -698,3 +698,12 @@ def _as_list(result: Result) -> list[Message]:
     if isinstance(result, Message):
         return [result]
     return list(result)
+
+
+async def declare_topology_as(url: str, *, namespace: str, delivery_limit: int) -> None:
+    """Connect as ``url``'s user, declare the pipeline's exchanges and queues, disconnect:
+    what ``chouette migrate`` and the local servers' start do, so that users of least
+    privilege need only use them."""
+    broker = Broker(url, namespace=namespace, delivery_limit=delivery_limit)
+    await broker.connect()
+    await broker.close(within=5)

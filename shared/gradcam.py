@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from shared.images import decode_image
+from shared.modeling import base_of
+
 if TYPE_CHECKING:
     from shared.modeling import ModelSpec
 
@@ -55,8 +58,6 @@ class Explainer:
         import keras
         import tensorflow as tf
 
-        from shared.modeling import base_of
-
         self.image_size = image_size = spec.image_size
         self.classes = spec.class_names
         base = base_of(model)
@@ -80,8 +81,6 @@ class Explainer:
 
     def explain(self, data: bytes, class_name: str | None = None) -> Explanation:
         """Explain ``class_name`` (default: the predicted class) for one encoded image."""
-        from shared.images import decode_image
-
         pixels = decode_image(data, self.image_size)[None]
         cam, probs = self._call(pixels, np.int32(0))
         probabilities = np.asarray(probs)[0]
@@ -107,8 +106,8 @@ class Explainer:
 
 def overlay(data: bytes, heat: npt.NDArray[np.float32]) -> bytes:
     """The photo (at most ``MAX_OVERLAY_SIDE`` px) with the heat map drawn over it, as PNG."""
-    from matplotlib import colormaps
-    from PIL import Image
+    from matplotlib import colormaps  # lazy: matplotlib, only to draw an overlay
+    from PIL import Image  # lazy: Pillow, only to draw an overlay
 
     with Image.open(io.BytesIO(data)) as img:
         img.seek(0)

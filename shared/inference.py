@@ -16,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.errors import PermanentError
+from shared.images import decode_resize, tf_decodable
+from shared.modeling import inference_function
 
 
 class UndecodableImage(PermanentError):
@@ -27,8 +29,6 @@ class Predictor:
     ``tta``, averaged over the 8 flips/turns of each image (``shared.modeling``)."""
 
     def __init__(self, model: Any, image_size: int, *, tta: bool = False) -> None:
-        from shared.modeling import inference_function
-
         self.image_size = image_size
         self.tta = tta
         self._call = inference_function(model, image_size, tta=tta)
@@ -53,8 +53,6 @@ class BatchDecoder:
     def __init__(self, image_size: int) -> None:
         import tensorflow as tf
 
-        from shared.images import decode_resize
-
         self.image_size = image_size
         shape = tf.TensorSpec([image_size, image_size, 3], tf.float32)
 
@@ -74,8 +72,6 @@ class BatchDecoder:
 
     def __call__(self, blobs: Sequence[bytes]) -> npt.NDArray[np.float32]:
         import tensorflow as tf
-
-        from shared.images import tf_decodable
 
         try:
             # TIFF and other formats TensorFlow cannot read are re-encoded first (rare).

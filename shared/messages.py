@@ -159,7 +159,7 @@ class TrainingParams(_Frozen):
     def _batch_fits(self) -> TrainingParams:
         pixels = self.batch_size * self.image_size**2
         if pixels > MAX_BATCH_PIXELS:
-            # "field: reason": the CLI names the flag of the field (shared/cli/submit.py).
+            # "field: reason": the CLI names the flag of the field (chouette/submit.py).
             raise ValueError(
                 f"training.batch_size: batch_size * image_size**2 is {pixels} pixels per"
                 f" batch, above the {MAX_BATCH_PIXELS} that fit in memory (got batch_size"
@@ -202,7 +202,7 @@ class TrainingRequested(Message):
     @model_validator(mode="after")
     def _several_classes(self) -> TrainingRequested:
         if len(self.dataset.tags) < 2:
-            # "field: reason": the CLI names the flag of the field (shared/cli/submit.py).
+            # "field: reason": the CLI names the flag of the field (chouette/submit.py).
             raise ValueError(
                 f"dataset.tags: a classifier needs at least two classes"
                 f" (got only {','.join(self.dataset.tags)})"

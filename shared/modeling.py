@@ -37,6 +37,7 @@ from shared import pretrained, weight_files
 from shared.choices import ARCHITECTURES, Architecture
 from shared.errors import PermanentError
 from shared.messages import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from shared.settings import TrainerSettings
 
 if TYPE_CHECKING:
     import keras
@@ -83,8 +84,6 @@ class ModelSpec(BaseModel):
 
 def imagenet_cache_path(architecture: str) -> Path:
     """Where the ImageNet weights of ``architecture``'s base (``include_top=False``) are cached."""
-    from shared.settings import TrainerSettings
-
     entry = pretrained.weights_file(architecture)
     return pretrained.cache_dir(TrainerSettings().weights_cache_dir) / entry.file_name
 
@@ -109,8 +108,6 @@ def _imagenet_weights(architecture: str) -> str:
     directory is writable: Keras would otherwise fall back to ``/tmp/.keras``.
     """
     import keras
-
-    from shared.settings import TrainerSettings
 
     settings = TrainerSettings()
     entry = pretrained.weights_file(architecture)
@@ -172,7 +169,6 @@ def _base_weights(spec: ModelSpec) -> str | None:
         return None
     if spec.weights == "imagenet":
         return _imagenet_weights(spec.architecture)
-    from shared.settings import TrainerSettings
 
     try:
         path = weight_files.allowed_weights_file(spec.weights, TrainerSettings().weights_dir)

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from localstack.servers import PostgresServer, RabbitServer, free_port
 from shared import db
 from shared.broker import BINDINGS, Broker
-from shared.local_services import PostgresServer, RabbitServer, free_port
 from shared.settings import Settings
 from tests.plugins.roles import BROKER_NAMESPACES, broker_users
 

@@ -1,5 +1,5 @@
-"""The results page's figures as PNG bytes, drawn by the code of ``chouette report``
-(``shared.cli.report``): the same training curves and confusion matrices as the report.
+"""The results page's figures as PNG bytes, drawn by the code ``chouette report`` uses
+(``shared.plots``): the same training curves and confusion matrices as the report.
 
 Matplotlib's pyplot keeps global state and is not thread-safe, so figures are drawn one at
 a time (a lock), in a worker thread (``handlers``), never on the event loop.
@@ -13,24 +13,22 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
+from shared import plots
+
 _LOCK = threading.Lock()
 
 
 def curves_png(model: dict[str, Any], epochs: list[dict[str, Any]]) -> bytes:
-    from shared.cli import report
-
     return _draw(
-        lambda out: report.plot_curves(
+        lambda out: plots.plot_curves(
             epochs, out, title=f"model {model['model_id']} ({model['architecture']})"
         )
     )
 
 
 def confusion_png(evaluation: dict[str, Any]) -> bytes:
-    from shared.cli import report
-
     return _draw(
-        lambda out: report.plot_confusion(
+        lambda out: plots.plot_confusion(
             evaluation["confusion_matrix"],
             list(evaluation["class_names"]),
             out,
@@ -41,7 +39,7 @@ def confusion_png(evaluation: dict[str, Any]) -> bytes:
 
 
 def _draw(plot: Any) -> bytes:
-    import matplotlib
+    import matplotlib  # lazy: only the page's figures need it, not the API's start
 
     with _LOCK:
         matplotlib.use("Agg")

@@ -11,7 +11,7 @@ import asyncpg
 from services.api import figures, results, store
 from services.api.serving import ModelServer, NoModel, ServedModel
 from services.api.uploads import Limits, UploadRejected, check_images
-from shared.cli.gallery import GALLERY_LIMIT  # as many images per evaluation as the report
+from shared.plots import GALLERY_LIMIT  # as many images per evaluation as the report
 
 HEALTH_DB_TIMEOUT_S = 2.0
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.cli.render import fraction, printable
 from shared.request_state import FINAL
+from shared.text import fraction, printable
 
 Row = dict[str, Any]
 

@@ -29,9 +29,11 @@ import numpy.typing as npt
 from services.api import store
 from services.api.batching import Batcher
 from shared.errors import PermanentError
+from shared.gradcam import Explainer
 from shared.inference import BatchDecoder, Predictor
 from shared.modeling import ModelSpec
 from shared.settings import ApiSettings
+from shared.weight_store import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +59,6 @@ class ServedModel:
 
         def run() -> Any:
             if self._explainer is None:
-                from shared.gradcam import Explainer
-
                 self._explainer = Explainer(self.model, self.spec)
             return self._explainer.explain(data, class_name)
 
@@ -79,8 +79,6 @@ class ModelServer:
         self, pool: asyncpg.Pool, settings: ApiSettings, *, load: LoadModel | None = None
     ) -> None:
         if load is None:
-            from shared.weight_store import load_model
-
             load = load_model
         self.pool = pool
         self.settings = settings

@@ -22,7 +22,9 @@ from shared.settings import Settings, TrainerSettings  # noqa: E402
 
 
 def make_handler(pool: Pool, broker: Broker, settings: Settings) -> TrainerHandler:
-    from services.trainer.training import configure_accelerator
+    from services.trainer.training import (
+        configure_accelerator,  # lazy: TensorFlow, after SIGTERM is handled
+    )
 
     trainer = TrainerSettings()
     # What trainings killed with `kill -9` left on disk (their lock died with them).

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from services.trainer.splits import Split
 from shared.images import image_dataset, tf_decodable
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from services.trainer.dataset import Split
 
 SUFFIX = ".f32"
 DIGITS = 7  # file names sort in index order up to ten million images
@@ -65,8 +65,6 @@ class SplitWriter:
         self._labels.extend(labels)
 
     def split(self) -> Split:
-        from services.trainer.dataset import Split
-
         return Split(
             images=(),
             labels=np.array(self._labels, dtype=np.int32),

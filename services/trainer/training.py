@@ -176,7 +176,10 @@ def make_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0) -
     """The optimizer ``name``; ``weight_decay`` > 0 adds Keras's decoupled weight decay."""
     import keras
 
-    from services.trainer.optimizers import FusedAdam, FusedSGD
+    from services.trainer.optimizers import (  # lazy: TensorFlow ops
+        FusedAdam,
+        FusedSGD,
+    )
 
     decay = weight_decay or None
     if name == "sgd":

@@ -9,7 +9,7 @@ each says it is ready, and stops them with SIGTERM at the end. Their logs go to
 files; when an e2e test fails, the tail of every log is added to its report (set
 ``E2E_KEEP_LOGS=1`` to keep the whole files).
 
-``pipeline.chouette(*argv)`` runs the real console entry point (``python -m shared.cli``)
+``pipeline.chouette(*argv)`` runs the real console entry point (``python -m chouette``)
 in a subprocess with the same environment.
 """
 
@@ -31,10 +31,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from localstack.processes import ROOT, SERVICES, Stack, pipeline_env
+from localstack.servers import free_port
 from shared import db
 from shared.broker import Broker
-from shared.cli.stack import ROOT, SERVICES, Stack, pipeline_env
-from shared.local_services import free_port
 from tests.plugins.roles import Login, role_env
 
 READY_TIMEOUT_S = float(os.environ.get("E2E_READY_TIMEOUT", "180"))
@@ -60,7 +60,7 @@ class Pipeline:
     def chouette(self, *argv: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """``chouette ARGV`` as a user runs it; raises if it outlives ``timeout``."""
         return subprocess.run(
-            [sys.executable, "-m", "shared.cli", *argv],
+            [sys.executable, "-m", "chouette", *argv],
             cwd=ROOT,
             env=self.env,
             capture_output=True,

@@ -1,4 +1,4 @@
-"""``make demo``'s command (``python -m shared.cli.demo``) as a user runs it.
+"""``make demo``'s command (``python -m chouette demo``) as a user runs it.
 
 Two runs, small (ResNet50V2 at 32 px, one epoch, a week of images) so they fit the suite:
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from shared.cli.stack import ROOT, port_open
-from shared.local_services import free_port
+from localstack.processes import ROOT, port_open
+from localstack.servers import free_port
 from tests.conftest import delete_namespace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -47,7 +47,7 @@ NUL = bytes(1)
 def run_demo(env: dict[str, str], cwd: Path, dates: list[str]) -> subprocess.CompletedProcess[str]:
     # From another directory than the checkout, so no developer's .env is read.
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli.demo", *SMALL, *dates],
+        [sys.executable, "-m", "chouette", "demo", *SMALL, *dates],
         cwd=cwd,
         env={**env, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -124,7 +124,7 @@ def test_demo_from_nothing_starts_everything_and_stops_it_again(tmp_path: Path) 
     finally:  # a failed run must not leave servers behind either
         if processes_under(home):
             subprocess.run(
-                [sys.executable, "-m", "shared.cli", "services", "down"],
+                [sys.executable, "-m", "chouette", "services", "down"],
                 env={**env, "PYTHONPATH": str(ROOT)}, cwd=tmp_path, timeout=120, check=False,
             )  # fmt: skip
 

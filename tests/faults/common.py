@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from shared.cli.stack import ROOT
-from shared.local_services import PostgresServer
+from localstack.processes import ROOT
+from localstack.servers import PostgresServer
 from tests.plugins.pipeline import Pipeline
 
 # Two months of simulated field photos: ~100 training images, a few seconds per epoch.
@@ -63,7 +63,7 @@ def start_cli(
     argv += ["--image-size", "32", "--epochs", str(epochs), "--batch-size", "8"]
     with out.open("wb") as stdout, err.open("wb") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", *argv, "--wait", "--timeout", "900"],
+            [sys.executable, "-m", "chouette", *argv, "--wait", "--timeout", "900"],
             cwd=ROOT,
             env=env,
             stdout=stdout,

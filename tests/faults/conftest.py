@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from localstack.servers import PostgresServer, RabbitServer, free_port
 from shared import db
 from shared.broker import Broker
-from shared.local_services import PostgresServer, RabbitServer, free_port
 from shared.settings import Settings
 from tests.plugins.pipeline import Pipeline
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shared.local_services import RabbitServer
+from localstack.servers import RabbitServer
 from tests.faults.common import LONG, TAKEN_OVER, assert_one_model, epoch_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]

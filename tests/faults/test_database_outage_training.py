@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from shared.local_services import PostgresServer
+from localstack.servers import PostgresServer
 from tests.faults.common import postgres_down_for_a_minute_mid_stage
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]

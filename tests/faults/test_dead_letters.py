@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from localstack.processes import ROOT
 from shared import db
-from shared.cli.stack import ROOT
 from shared.messages import TrainingDatasetReady, TrainingParams
 from tests.integration.cli.helpers import drain
 from tests.plugins import rows
@@ -94,7 +94,7 @@ async def test_a_handler_that_kills_its_process_ends_the_request_failed(
     # `chouette status ID` says why.
     cli = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "shared.cli", "status", str(request_id)],
+        [sys.executable, "-m", "chouette", "status", str(request_id)],
         cwd=ROOT,
         env={**env, "PYTHONPATH": os.fspath(ROOT)},
         capture_output=True,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shared.local_services import PostgresServer, RabbitServer
+from localstack.servers import PostgresServer, RabbitServer
 from tests.faults.common import SHORT, assert_one_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]

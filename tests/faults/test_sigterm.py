@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from shared.local_services import PostgresServer, RabbitServer
+from localstack.servers import PostgresServer, RabbitServer
 from tests.faults.common import SHORT
 from tests.plugins.pipeline import Pipeline
 

@@ -1,7 +1,7 @@
 """Services as real subprocesses, for fault tests and service-level integration tests.
 
 ``pipeline`` starts ``python -m services.<name>`` processes (through the same
-:class:`shared.cli.stack.Stack` as the demo, the benchmarks and the e2e harness) against
+:class:`localstack.processes.Stack` as the demo, the benchmarks and the e2e harness) against
 this test's database, broker namespace and the session's simulator, and stops them all at
 the end. Each service connects as its own PostgreSQL role and RabbitMQ user (``role_env``),
 never migrating nor declaring queues.
@@ -32,9 +32,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from localstack.processes import Process, Stack, pipeline_env
 from shared import db
 from shared.broker import Broker
-from shared.cli.stack import Process, Stack, pipeline_env
 from shared.messages import (
     DatasetSpec,
     EvaluationRequested,

@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from shared.local_services import PROCESS_GROUPS
+from localstack.servers import PROCESS_GROUPS
 
 
 @dataclass(frozen=True)

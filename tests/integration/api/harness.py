@@ -13,8 +13,8 @@ import asyncpg
 import numpy as np
 import uvicorn
 
+from localstack.servers import free_port
 from shared import db, weight_store
-from shared.local_services import free_port
 from shared.modeling import ModelSpec, build_model
 from shared.settings import ApiSettings
 from tests.plugins.datasets import create_dataset, create_request

@@ -20,8 +20,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from localstack.servers import CHROMEDRIVER, CHROMIUM
 from shared import db
-from shared.local_services import CHROMEDRIVER, CHROMIUM
 from tests.integration.api import harness
 from tests.integration.api.conftest import TOKEN, Api
 from tests.integration.api.test_api import call

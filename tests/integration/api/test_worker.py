@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from shared.local_services import free_port
+from localstack.servers import free_port
 
 pytestmark = pytest.mark.integration
 
-CHOUETTE = [sys.executable, "-m", "shared.cli"]
+CHOUETTE = [sys.executable, "-m", "chouette"]
 
 
 def env(**extra: str) -> dict[str, str]:

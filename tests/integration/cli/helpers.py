@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import aio_pika
 
-from shared.cli.commands import run_command
-from shared.cli.parser import build_parser
+from chouette.app import run_command
+from chouette.parser import build_parser
 from shared.settings import Settings
 
 

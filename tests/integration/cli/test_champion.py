@@ -9,10 +9,10 @@ import uuid
 import numpy as np
 import pytest
 
+from chouette.errors import UsageError
 from services.evaluator import store
 from services.evaluator.metrics import Metrics
 from shared import db
-from shared.cli.parser import UsageError
 from shared.settings import Settings
 from tests.integration.cli import seed
 from tests.integration.cli.helpers import chouette
@@ -125,7 +125,7 @@ async def test_reference_range_and_promotion_choose_the_champion(
 async def test_promote_and_reference_refuse_bad_input(
     pool: db.Pool, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from shared.cli.app import CommandFailed
+    from chouette.errors import CommandFailed
 
     with pytest.raises(CommandFailed, match="no model 999"):
         await chouette(settings, "promote", "999")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from chouette.errors import UsageError
 from shared import db
-from shared.cli.parser import UsageError
 from shared.gradcam import Explainer
 from shared.settings import Settings
 from tests.integration.api import harness

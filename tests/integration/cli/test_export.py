@@ -12,8 +12,8 @@ import keras
 import numpy as np
 import pytest
 
+from chouette.errors import UsageError
 from shared import db
-from shared.cli.parser import UsageError
 from shared.inference import BatchDecoder, Predictor
 from shared.modeling import ModelSpec, build_model
 from shared.settings import Settings

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
+from chouette.follow import RECHECK_S, watch
 from shared import db
-from shared.cli.follow import RECHECK_S, watch
 from shared.request_state import Progress, Stage
 from shared.settings import Settings
 from tests.integration.cli import seed

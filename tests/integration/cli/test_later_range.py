@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from chouette import queries
 from shared import db
-from shared.cli import queries
 from shared.settings import Settings
 from tests.integration.cli import seed
 from tests.integration.cli.helpers import chouette

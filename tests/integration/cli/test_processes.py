@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from localstack.processes import ROOT, port_open
+from localstack.servers import free_port
 from shared import db
-from shared.cli.stack import ROOT, port_open
-from shared.local_services import free_port
 from shared.settings import Settings
 from tests.integration.cli import seed
 from tests.integration.cli.helpers import drain
@@ -31,7 +31,7 @@ def _cli(*argv: str, env: dict[str, str], sigint_ignored: bool = False) -> subpr
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     return subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", *argv],
+        [sys.executable, "-m", "chouette", *argv],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -43,7 +43,7 @@ def _cli(*argv: str, env: dict[str, str], sigint_ignored: bool = False) -> subpr
 
 def _services(action: str, *, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "services", action],
+        [sys.executable, "-m", "chouette", "services", action],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from chouette import queries
 from shared import db
-from shared.cli import queries
 from tests.integration.cli import seed
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from chouette.errors import UsageError
 from shared import db
-from shared.cli.parser import UsageError
 from shared.messages import (
     MAX_ERROR_CHARS,
     EvaluationRequested,

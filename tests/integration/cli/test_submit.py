@@ -8,10 +8,9 @@ import uuid
 import pytest
 from pydantic import SecretStr
 
+from chouette.errors import CommandFailed, UsageError
 from shared import db
 from shared.broker import Broker
-from shared.cli.app import CommandFailed
-from shared.cli.parser import UsageError
 from shared.messages import TrainingRequested
 from shared.settings import Settings
 from tests.integration.cli import seed
@@ -154,7 +153,7 @@ async def test_ctrl_c_while_declaring_the_queues_closes_the_connection(
     import asyncio
 
     import shared.broker
-    from shared.cli.commands import open_publisher
+    from chouette.connections import open_publisher
 
     settings = _declaring(settings)
     declaring, channels = asyncio.Event(), []

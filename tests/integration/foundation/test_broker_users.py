@@ -18,8 +18,8 @@ import aio_pika
 import aiormq
 import pytest
 
+from localstack.servers import RabbitServer, free_port
 from shared.broker import Broker
-from shared.local_services import RabbitServer, free_port
 from shared.messages import DatasetSpec, TrainingParams, TrainingRequested
 
 pytestmark = pytest.mark.integration

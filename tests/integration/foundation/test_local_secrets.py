@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shared import local_services
-from shared.local_services import PostgresServer, free_port
+from localstack import servers as local_services
+from localstack.servers import PostgresServer, free_port
 
 
 # ASCII: sent as its SCRAM verifier; not ASCII: as it is (the server normalises it).

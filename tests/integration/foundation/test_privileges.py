@@ -15,9 +15,10 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from shared import db, local_services
-from shared.cli.commands import run_command
-from shared.local_services import free_port
+from chouette.app import run_command
+from localstack import servers as local_services
+from localstack.servers import free_port
+from shared import db
 from shared.settings import Settings
 from tests.plugins.roles import Login
 

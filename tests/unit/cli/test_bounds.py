@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from shared.cli import main
-from shared.cli.parser import UsageError, build_parser
-from shared.cli.submit import evaluation_request
+from chouette.app import main
+from chouette.errors import UsageError
+from chouette.parser import build_parser
+from chouette.submit import evaluation_request
 from tests.unit.cli.test_validation import train
 
 TOO_BIG = str(2**63)  # one above PostgreSQL's bigint
@@ -57,7 +58,7 @@ def test_out_of_range_input_is_one_line_exit_2(
 
 
 def test_the_largest_seed_and_model_id_are_still_valid() -> None:
-    from shared.cli.submit import parse_model_id, training_request
+    from chouette.submit import parse_model_id, training_request
 
     seed = str(2**32 - 1)
     assert training_request(build_parser().parse_args(train("--seed", seed))).training.seed

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from shared.cli import main
-from shared.cli.parser import UsageError
-from shared.cli.predict import read_images
+from chouette.app import main
+from chouette.errors import UsageError
+from chouette.predict import read_images
 
 
 def _jpeg(path: Path) -> Path:
@@ -54,7 +54,7 @@ def test_native_stderr_is_held_and_shown_only_on_failure(
 ) -> None:
     import os
 
-    from shared.cli.predict import native_stderr_held
+    from chouette.predict import native_stderr_held
 
     with native_stderr_held():
         os.write(2, b"I0000 cudart_stub.cc:31] Could not find cuda drivers\n")

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from shared.cli import render
+from chouette import render
 from shared.request_state import Progress
 
 
@@ -196,9 +196,9 @@ def test_evaluation_says_how_many_training_images_were_left_out() -> None:
 
 
 def test_text_from_the_api_cannot_drive_the_terminal() -> None:
-    from shared.cli import queries
-    from shared.cli.follow import event_text
-    from shared.cli.render import printable, request_text, requests_table
+    from chouette import queries
+    from chouette.follow import event_text
+    from chouette.render import printable, request_text, requests_table
 
     hostile = "listing failed: HTTP 502 \x1b[2J\x1b]0;owned\x07Bad\u202eGateway\r\nretry"
     assert printable(hostile) == (

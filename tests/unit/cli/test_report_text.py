@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.cli.report import _counts, _kept_epoch, _left_out, held_out_vs_later
+from chouette.report import _counts, _kept_epoch, _left_out, held_out_vs_later
 
 
 def test_kept_epoch_names_the_monitored_loss_and_why_training_stopped() -> None:

@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from shared.cli import main
+from chouette.app import main
 
 
 def test_importing_the_cli_does_not_import_tensorflow() -> None:
     code = (
-        "import sys, shared.cli, shared.cli.commands, shared.cli.report, shared.cli.predict;"
+        "import sys, chouette, chouette.commands, chouette.report, chouette.predict;"
         "heavy = [m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
@@ -23,7 +23,7 @@ def test_importing_the_cli_does_not_import_tensorflow() -> None:
 
 def test_building_the_parser_imports_no_pydantic_nor_drivers() -> None:
     code = (
-        "import sys; from shared.cli.parser import build_parser; build_parser();"
+        "import sys; from chouette.parser import build_parser; build_parser();"
         "heavy = [m for m in ('pydantic', 'asyncpg', 'aio_pika', 'tensorflow')"
         " if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"
@@ -37,7 +37,7 @@ def test_help_answers_under_one_second() -> None:
     for _ in range(3):  # the best of three: this machine is shared with training jobs
         start = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "--help"], capture_output=True, text=True
+            [sys.executable, "-m", "chouette", "--help"], capture_output=True, text=True
         )
         best = min(best, time.perf_counter() - start)
         assert done.returncode == 0

@@ -9,10 +9,10 @@ from typing import get_args
 
 import pytest
 
+from chouette.app import main, run_command
+from chouette.errors import UsageError
+from chouette.parser import build_parser
 from shared import messages
-from shared.cli import main
-from shared.cli.commands import run_command
-from shared.cli.parser import UsageError, build_parser
 from shared.messages import Message
 from shared.settings import Settings
 
@@ -128,7 +128,7 @@ def test_unknown_command_and_missing_required_flag(capsys: pytest.CaptureFixture
 def test_the_parser_lists_the_choices_without_importing_pydantic() -> None:
     """One definition (shared.choices) for the messages and ``--help``, which stays light."""
     code = (
-        "import sys; from shared.cli import parser;"
+        "import sys; from chouette import parser;"
         " assert 'pydantic' not in sys.modules, 'pydantic imported';"
         " print(','.join(parser.ARCHITECTURES))"
     )
@@ -140,7 +140,7 @@ def test_the_parser_lists_the_choices_without_importing_pydantic() -> None:
 
 
 def test_every_training_parameter_has_a_flag() -> None:
-    from shared.cli.submit import _TRAINING_FLAGS
+    from chouette.submit import _TRAINING_FLAGS
 
     flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}  # type: ignore[union-attr]
     fields = set(messages.TrainingParams.model_fields) - {"architecture"}
@@ -149,7 +149,7 @@ def test_every_training_parameter_has_a_flag() -> None:
 
 
 def test_training_request_keeps_only_given_flags() -> None:
-    from shared.cli.submit import training_request
+    from chouette.submit import training_request
 
     args = build_parser().parse_args(train("--epochs", "2", "--no-augment", "--tags", "grass,vine"))
     message = training_request(args)
@@ -160,7 +160,7 @@ def test_training_request_keeps_only_given_flags() -> None:
 
 
 def test_evaluation_on_another_range_defaults_to_the_model_classes() -> None:
-    from shared.cli.submit import evaluation_request
+    from chouette.submit import evaluation_request
 
     args = build_parser().parse_args(
         ["evaluate", "--model", "7", "--start-date", "2024-07-01", "--end-date", "2024-07-31"]

@@ -6,7 +6,7 @@ import base64
 import hashlib
 from pathlib import Path
 
-from shared import local_services
+from localstack import servers as local_services
 from shared.settings import Settings
 
 

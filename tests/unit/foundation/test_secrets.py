@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from shared import local_services
+from localstack import servers as local_services
+from localstack.servers import PostgresServer, RabbitServer, ServiceError
 from shared.broker import Broker
-from shared.local_services import PostgresServer, RabbitServer, ServiceError
 from shared.settings import redact_url
 
 SECRET = "s3cr/t#x?y@z"

@@ -11,11 +11,11 @@ import datetime as dt
 import sys
 from typing import Any
 
+from chouette import render
+from chouette.connections import open_pool
+from chouette.errors import OK, CommandFailed, UsageError
+from chouette.submit import parse_model_id
 from shared import champions
-from shared.cli import render
-from shared.cli.app import OK, CommandFailed
-from shared.cli.parser import UsageError
-from shared.cli.submit import parse_model_id
 from shared.settings import Settings
 
 
@@ -30,8 +30,6 @@ def parse_range(values: list[str]) -> tuple[dt.date, dt.date]:
 
 
 async def run_champion(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.cli.commands import open_pool
-
     if args.command == "promote":
         model_id = parse_model_id(args.model)
         async with open_pool(settings, writes=True) as pool:

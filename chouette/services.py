@@ -1,26 +1,25 @@
-"""``chouette services up|down|status``: local RabbitMQ + PostgreSQL (shared.local_services)."""
+"""``chouette services up|down|status``: local RabbitMQ + PostgreSQL (localstack.servers)."""
 
 from __future__ import annotations
 
 import sys
 
-from shared.cli.app import FAILED, OK, CommandFailed
+from chouette.errors import FAILED, OK, CommandFailed
+from localstack import servers
+from shared.settings import Settings
 
 
 def run_services(action: str) -> int:
-    from shared import local_services
-    from shared.settings import Settings
-
     settings = Settings()
     try:
         if action == "up":
-            for name in local_services.up(settings):
+            for name in servers.up(settings):
                 print(f"applied {name}")
         elif action == "down":
-            local_services.down(settings)
+            servers.down(settings)
     except Exception as exc:  # the module explains what is missing; show it on one line
         raise CommandFailed(f"services {action}: {exc}") from None
-    health = local_services.status(settings)
+    health = servers.status(settings)
     for name, healthy in health.items():
         print(f"{name:<10} {'up' if healthy else 'down'}")
     if action == "down":

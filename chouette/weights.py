@@ -14,54 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
+from chouette.errors import FAILED, OK, UsageError
 from shared import pretrained
-from shared.choices import ARCHITECTURES
-from shared.cli.app import FAILED, OK
-from shared.cli.parser import UsageError
-
-
-def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
-    weights = sub.add_parser(
-        "weights",
-        help="ImageNet weights cache for --weights imagenet: pull (verified) and list",
-        description="Fill and inspect the cache the trainer loads --weights imagenet from"
-        " (TRAINER_WEIGHTS_CACHE_DIR, default $KERAS_HOME/models).",
-    )
-    actions = weights.add_subparsers(dest="action", metavar="ACTION", required=True)
-    pull = actions.add_parser(
-        "pull",
-        help="download and verify the notop weights of architectures into the cache",
-        description="Fetch each architecture's *_notop.h5 from the source, check its hash,"
-        " and keep it in the cache. An offline site: pull on a connected machine with"
-        " --cache-dir DIR, carry DIR, and pull there with --source DIR.",
-    )
-    pull.add_argument(
-        "architectures", nargs="+", metavar="ARCH", help=", ".join(ARCHITECTURES) + " or all"
-    )
-    pull.add_argument(
-        "--source",
-        metavar="URL|DIR",
-        help="base URL serving the Keras file names, or a directory holding them"
-        " (default: TRAINER_WEIGHTS_SOURCE, itself Keras's public URL by default)",
-    )
-    _cache_flag(pull)
-    listing = actions.add_parser("list", help="which weights files are cached and valid")
-    _cache_flag(listing)
-
-
-def _cache_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        help="default: TRAINER_WEIGHTS_CACHE_DIR, else $KERAS_HOME/models (~/.keras/models)",
-    )
+from shared.settings import TrainerSettings
 
 
 def run_weights(args: argparse.Namespace) -> int:
-    from shared.settings import TrainerSettings
-
     settings = TrainerSettings()
     directory = pretrained.cache_dir(args.cache_dir or settings.weights_cache_dir)
     if args.action == "list":

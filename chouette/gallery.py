@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.cli import queries
-from shared.cli.app import CommandFailed
-
-# Misclassified images shown per evaluation (the most confident mistakes first).
-GALLERY_LIMIT = 24
+from chouette import queries
+from chouette.errors import CommandFailed
+from chouette.predict import native_stderr_held
+from shared.errors import PermanentError
+from shared.plots import GALLERY_LIMIT
 
 
 @dataclass
@@ -70,9 +70,6 @@ class Gallery:
 async def misclassified_gallery(
     pool: Any, model: dict[str, Any], evaluations: list[dict[str, Any]]
 ) -> Gallery:
-    from shared.cli.predict import native_stderr_held
-    from shared.errors import PermanentError
-
     gallery = Gallery(evaluations=evaluations)
     wrong = {
         ev["evaluation_id"]: await queries.misclassified(pool, ev["evaluation_id"], GALLERY_LIMIT)
@@ -81,8 +78,10 @@ async def misclassified_gallery(
     if not any(wrong.values()):
         return gallery
     with native_stderr_held():
-        from shared.gradcam import Explainer
-        from shared.weight_store import load_model
+        from shared.gradcam import Explainer  # lazy: model code (numpy; TensorFlow when called)
+        from shared.weight_store import (
+            load_model,  # lazy: model code (numpy; TensorFlow when called)
+        )
 
         try:
             network, spec, _ = await load_model(pool, model["model_id"])

@@ -10,8 +10,9 @@ import argparse
 import json
 from typing import Any
 
-from shared.cli.app import OK
-from shared.cli.parser import UsageError
+from chouette.connections import open_pool
+from chouette.errors import OK, UsageError
+from shared import retention
 
 _WHAT = {
     "checkpoints": "models: checkpoints of trainings that ended",
@@ -20,33 +21,11 @@ _WHAT = {
 }
 
 
-def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
-    prune = sub.add_parser(
-        "prune",
-        help="remove old checkpoints, non-champion weights and unused images (dry run)",
-        description="List what retention would remove: checkpoints of trainings that ended,"
-        " weights of models that are not champions and were trained more than"
-        " RETENTION_WEIGHTS_DAYS ago, images no dataset references. Nothing is removed"
-        " without --apply.",
-    )
-    prune.add_argument("--apply", action="store_true", help="remove them (default: dry run)")
-    prune.add_argument(
-        "--weights-older-than",
-        type=float,
-        metavar="DAYS",
-        help="default: RETENTION_WEIGHTS_DAYS (30)",
-    )
-    prune.add_argument("--json", action="store_true", help="one JSON object on stdout")
-
-
 def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:.1f} MiB"
 
 
 async def run_prune(args: argparse.Namespace, settings: Any) -> int:
-    from shared import retention
-    from shared.cli.commands import open_pool
-
     days = settings.retention_weights_days
     if args.weights_older_than is not None:
         days = args.weights_older_than

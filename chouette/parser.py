@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
+from chouette.errors import UsageError
 from shared.choices import ARCHITECTURES, LR_SCHEDULES, OPTIMIZERS, TAGS
+
+# `chouette demo`: the network it trains by default.
+DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, DEFAULT_EPOCHS = "ResNet50V2", 64, 6
+# The real photos shipped with the project, served by the simulator's folder mode.
+DEFAULT_PHOTOS = Path(__file__).resolve().parents[1] / "data" / "field-tiles"
 
 WORKERS = ("fetcher", "trainer", "evaluator", "simulator", "api")
 _MAX_BIGINT = 2**63 - 1  # PostgreSQL's LIMIT takes a bigint
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line naming the field, exit code 2."""
 
 
 def positive_int(text: str) -> int:
@@ -214,16 +217,9 @@ def build_parser() -> Parser:
     demo = sub.add_parser(
         "demo", help="start everything, train, evaluate on a later range, print the results"
     )
-    from shared.cli.demo import add_arguments
-
-    add_arguments(demo)
-
-    from shared.cli.weights import add_parser as add_weights_parser
-
-    add_weights_parser(sub)
-    from shared.cli.prune import add_parser as add_prune_parser
-
-    add_prune_parser(sub)
+    _demo_flags(demo)
+    _weights_parser(sub)
+    _prune_parser(sub)
     return parser
 
 
@@ -244,3 +240,81 @@ def _follow_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", type=seconds, metavar="S", help="give up waiting after S s")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+
+def _demo_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-services", action="store_true", help="leave RabbitMQ/PG running")
+    parser.add_argument("--arch", default=DEFAULT_ARCH)
+    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--photos",
+        type=Path,
+        default=DEFAULT_PHOTOS,
+        metavar="DIR",
+        help="labelled photos DIR/<tag>/*.jpg the simulator serves (default: data/field-tiles)",
+    )
+    source.add_argument(
+        "--generated", action="store_true", help="the simulator's generated field dataset"
+    )
+    parser.add_argument("--train-start", metavar="D", help="default: the first season")
+    parser.add_argument("--train-end", metavar="D")
+    parser.add_argument("--eval-start", metavar="D", help="default: the next season")
+    parser.add_argument("--eval-end", metavar="D")
+
+
+def _weights_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    weights = sub.add_parser(
+        "weights",
+        help="ImageNet weights cache for --weights imagenet: pull (verified) and list",
+        description="Fill and inspect the cache the trainer loads --weights imagenet from"
+        " (TRAINER_WEIGHTS_CACHE_DIR, default $KERAS_HOME/models).",
+    )
+    actions = weights.add_subparsers(dest="action", metavar="ACTION", required=True)
+    pull = actions.add_parser(
+        "pull",
+        help="download and verify the notop weights of architectures into the cache",
+        description="Fetch each architecture's *_notop.h5 from the source, check its hash,"
+        " and keep it in the cache. An offline site: pull on a connected machine with"
+        " --cache-dir DIR, carry DIR, and pull there with --source DIR.",
+    )
+    pull.add_argument(
+        "architectures", nargs="+", metavar="ARCH", help=", ".join(ARCHITECTURES) + " or all"
+    )
+    pull.add_argument(
+        "--source",
+        metavar="URL|DIR",
+        help="base URL serving the Keras file names, or a directory holding them"
+        " (default: TRAINER_WEIGHTS_SOURCE, itself Keras's public URL by default)",
+    )
+    _cache_flag(pull)
+    listing = actions.add_parser("list", help="which weights files are cached and valid")
+    _cache_flag(listing)
+
+
+def _cache_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="default: TRAINER_WEIGHTS_CACHE_DIR, else $KERAS_HOME/models (~/.keras/models)",
+    )
+
+
+def _prune_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    prune = sub.add_parser(
+        "prune",
+        help="remove old checkpoints, non-champion weights and unused images (dry run)",
+        description="List what retention would remove: checkpoints of trainings that ended,"
+        " weights of models that are not champions and were trained more than"
+        " RETENTION_WEIGHTS_DAYS ago, images no dataset references. Nothing is removed"
+        " without --apply.",
+    )
+    prune.add_argument("--apply", action="store_true", help="remove them (default: dry run)")
+    prune.add_argument(
+        "--weights-older-than",
+        type=float,
+        metavar="DAYS",
+        help="default: RETENTION_WEIGHTS_DAYS (30)",
+    )
+    prune.add_argument("--json", action="store_true", help="one JSON object on stdout")

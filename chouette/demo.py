@@ -1,6 +1,6 @@
 """``chouette demo`` (what ``make demo`` runs): from nothing to a result table.
 
-1. local RabbitMQ + PostgreSQL (``shared.local_services``), unless already healthy;
+1. local RabbitMQ + PostgreSQL (``localstack.servers``), unless already healthy;
 2. the simulator (unless real API credentials are configured) serving the real field
    photos of ``data/field-tiles`` (``--photos DIR`` for another folder, ``--generated``
    for the generated field dataset), and the three services, as subprocesses with their
@@ -19,64 +19,39 @@ import argparse
 import asyncio
 import sys
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from shared.cli.app import FAILED, OK, CommandFailed
+from chouette import queries, render
+from chouette.commands import follow_request, record_and_publish
+from chouette.connections import open_pool, open_publisher
+from chouette.errors import FAILED, OK, CommandFailed
+from chouette.follow import Listener
+from chouette.submit import evaluation_request, training_request
+from localstack import servers
+from localstack.processes import SERVICES, Stack, pipeline_env
+from shared.messages import EvaluationRequested, TrainingRequested
+from shared.settings import Settings
 
-if TYPE_CHECKING:
-    from shared.settings import Settings
-
-DEFAULT_ARCH, DEFAULT_IMAGE_SIZE, DEFAULT_EPOCHS = "ResNet50V2", 64, 6
-# The real photos shipped with the project, served by the simulator's folder mode.
-DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "data" / "field-tiles"
 # With photos: the simulator's first season for training, the next for the later range
 # (services/simulator/photos.py SEASONS). Generated: two months, then the next two.
 PHOTO_TRAIN, PHOTO_EVAL = ("2023-04-01", "2023-09-30"), ("2024-04-01", "2024-09-30")
 GENERATED_TRAIN, GENERATED_EVAL = ("2021-04-01", "2021-05-31"), ("2021-06-01", "2021-07-31")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--keep-services", action="store_true", help="leave RabbitMQ/PG running")
-    parser.add_argument("--arch", default=DEFAULT_ARCH)
-    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--photos",
-        type=Path,
-        default=DEFAULT_PHOTOS,
-        metavar="DIR",
-        help="labelled photos DIR/<tag>/*.jpg the simulator serves (default: data/field-tiles)",
-    )
-    source.add_argument(
-        "--generated", action="store_true", help="the simulator's generated field dataset"
-    )
-    parser.add_argument("--train-start", metavar="D", help="default: the first season")
-    parser.add_argument("--train-end", metavar="D")
-    parser.add_argument("--eval-start", metavar="D", help="default: the next season")
-    parser.add_argument("--eval-end", metavar="D")
-
-
 def run_demo(args: argparse.Namespace) -> int:
-    from shared import local_services
-    from shared.cli.stack import SERVICES, Stack, pipeline_env
-    from shared.local_services import free_port
-    from shared.settings import Settings
-
     settings = Settings()
     real_api = settings.has_api_credentials
     photos = None if real_api or args.generated else args.photos.resolve()
     if photos is not None and not photos.is_dir():
         raise CommandFailed(f"--photos: {photos} is not a folder of <tag>/*.jpg photos")
     _default_dates(args, photos is not None)
-    messages = _messages(args)  # bad dates or architecture: exit 2 before starting anything
+    training, evaluation = _messages(args)  # bad input: exit 2 before starting anything
     t0 = time.monotonic()
     started_servers = False
-    if not all(local_services.status(settings).values()):
+    if not all(servers.status(settings).values()):
         _say("starting local RabbitMQ and PostgreSQL (.chouette/)")
         try:
-            local_services.up(settings)
+            servers.up(settings)
         except Exception as exc:
             raise CommandFailed(f"cannot start local services: {exc}") from None
         started_servers = True
@@ -84,7 +59,7 @@ def run_demo(args: argparse.Namespace) -> int:
         amqp_url=settings.amqp_url.get_secret_value(),
         database_url=settings.database_url.get_secret_value(),
         namespace=settings.broker_namespace,
-        simulator_port=None if real_api else free_port(),
+        simulator_port=None if real_api else servers.free_port(),
     )
     if real_api:  # the services get the API the demo found, wherever its .env was read from
         env.update(
@@ -111,7 +86,7 @@ def run_demo(args: argparse.Namespace) -> int:
         stack.start(names)
         stack.wait_ready()
         _say(f"ready after {time.monotonic() - t0:.0f}s")
-        code = asyncio.run(_train_and_evaluate(settings, messages))
+        code = asyncio.run(_train_and_evaluate(settings, training, evaluation))
     except Exception:
         if stack.processes:
             print(stack.log_tails(30), file=sys.stderr)
@@ -121,7 +96,7 @@ def run_demo(args: argparse.Namespace) -> int:
         stack.stop()
         if started_servers and not args.keep_services:
             _say("stopping local RabbitMQ and PostgreSQL")
-            local_services.down(settings)
+            servers.down(settings)
     _say(f"demo finished in {time.monotonic() - t0:.0f}s")
     return code
 
@@ -136,30 +111,31 @@ def _default_dates(args: argparse.Namespace, photos: bool) -> None:
             setattr(args, name, value)
 
 
-def _messages(args: argparse.Namespace) -> dict[str, Any]:
-    from shared.cli.parser import build_parser
-    from shared.cli.submit import training_request
-
-    train = build_parser().parse_args(
-        [
-            "train", "--start-date", args.train_start, "--end-date", args.train_end,
-            "--arch", args.arch, "--image-size", str(args.image_size),
-            "--epochs", str(args.epochs),
-        ]
-    )  # fmt: skip
-    evaluate = build_parser().parse_args(
-        ["evaluate", "--model", "1", "--start-date", args.eval_start, "--end-date", args.eval_end]
+def _messages(args: argparse.Namespace) -> tuple[TrainingRequested, argparse.Namespace]:
+    """The training request, and the evaluation's fields (its model is not known yet),
+    built with the same functions as ``chouette train`` / ``evaluate`` from the demo's
+    flags: bad dates or architecture stop the demo here (exit 2)."""
+    training = training_request(
+        argparse.Namespace(
+            start_date=args.train_start,
+            end_date=args.train_end,
+            tags=None,
+            arch=args.arch,
+            image_size=args.image_size,
+            epochs=args.epochs,
+        )
     )
-    return {"training": training_request(train), "evaluate_args": evaluate}
+    evaluation = argparse.Namespace(
+        model="1", start_date=args.eval_start, end_date=args.eval_end, tags=None
+    )
+    evaluation_request(evaluation)  # the later range's dates, checked before anything starts
+    return training, evaluation
 
 
-async def _train_and_evaluate(settings: Settings, messages: dict[str, Any]) -> int:
-    from shared.cli import queries, render
-    from shared.cli.commands import follow_request, open_pool, open_publisher, record_and_publish
-    from shared.cli.follow import Listener
-    from shared.cli.submit import evaluation_request
-
-    training = messages["training"]
+async def _train_and_evaluate(
+    settings: Settings, training: TrainingRequested, args: argparse.Namespace
+) -> int:
+    """Train, then evaluate on the later range (``args``: the evaluation's fields)."""
     async with (
         open_pool(settings, writes=True) as pool,
         open_publisher(settings) as publisher,
@@ -189,11 +165,10 @@ async def _train_and_evaluate(settings: Settings, messages: dict[str, Any]) -> i
             return FAILED
         req, held_out = done
         model_id = req["model_id"]
-        args = messages["evaluate_args"]
         args.model = str(model_id)
         model = await queries.model(pool, model_id)
         assert model is not None
-        evaluation = evaluation_request(args, tuple(model["class_names"]))
+        evaluation: EvaluationRequested = evaluation_request(args, tuple(model["class_names"]))
         _say(
             f"evaluating model {model_id} on the later range {args.start_date}..{args.end_date}"
             f" (request {evaluation.request_id})"
@@ -214,8 +189,6 @@ async def _train_and_evaluate(settings: Settings, messages: dict[str, Any]) -> i
 
 
 def result_table(model: dict[str, Any] | None, evaluations: list[dict[str, Any] | None]) -> str:
-    from shared.cli import render
-
     assert model is not None
     rows = []
     for ev in evaluations:
@@ -251,14 +224,3 @@ def result_table(model: dict[str, Any] | None, evaluations: list[dict[str, Any] 
 
 def _say(text: str) -> None:
     print(f"[demo] {text}", file=sys.stderr, flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m shared.cli.demo [FLAGS]`` (``make demo``) is ``chouette demo [FLAGS]``."""
-    from shared.cli import main as chouette
-
-    return chouette(["demo", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,25 +5,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.cli.app import OK, CommandFailed
-from shared.cli.parser import UsageError
-from shared.cli.predict import native_stderr_held
-from shared.cli.submit import parse_model_id
+from chouette.connections import open_pool
+from chouette.errors import OK, CommandFailed, UsageError
+from chouette.predict import native_stderr_held
+from chouette.submit import parse_model_id
+from shared.errors import PermanentError
 from shared.settings import Settings
 
 
 async def run_export(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.cli.commands import open_pool
-    from shared.errors import PermanentError
-
     model_id = parse_model_id(args.model, "MODEL")
     out = Path(args.out)
     if args.format == "savedmodel" and _not_empty(out):
         raise UsageError(f"--out {out}: exists and is not empty (a SavedModel is a folder)")
     async with open_pool(settings) as pool:
         with native_stderr_held():
-            from shared.export import export
-            from shared.weight_store import ModelNotFound, load_model
+            from shared.export import export  # lazy: model code (numpy; TensorFlow when called)
+            from shared.weight_store import (  # lazy: model code (numpy; TensorFlow when called)
+                ModelNotFound,
+                load_model,
+            )
 
             try:
                 model, spec, _ = await load_model(pool, model_id)

@@ -17,6 +17,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import os
 import pwd
@@ -33,6 +34,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+import aio_pika
+import asyncpg
+
+from shared import db
+from shared.broker import declare_topology_as, permissions
+from shared.privileges import CLI, GROUP_ROLES, READER
 from shared.settings import Settings, TrainerSettings, consumer_timeout_ms
 
 logger = logging.getLogger(__name__)
@@ -279,8 +286,6 @@ class PostgresServer:
     def ensure_logins(self) -> None:
         """Create (or update) each process's login role, NOSUPERUSER NOCREATEDB
         NOCREATEROLE, and make it a member of its group role (created NOLOGIN if missing)."""
-        from shared.privileges import CLI, GROUP_ROLES, READER
-
         for login, password, group in self.logins:
             if group not in GROUP_ROLES:
                 raise ServiceError(f"unknown group role {group!r} for {login!r}")
@@ -310,7 +315,6 @@ class PostgresServer:
             self._run(pg_bin("pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
 
     def healthy(self) -> bool:
-        import asyncpg
 
         async def check() -> bool:
             con = await asyncpg.connect(self.url, timeout=3)
@@ -446,9 +450,6 @@ class RabbitServer:
         the administrator too: a node that loads definitions creates no default user."""
         if not self.users:
             return []
-        import json
-
-        from shared.broker import permissions
 
         def user(name: str, password: str, tags: list[str]) -> dict[str, Any]:
             return {
@@ -541,7 +542,6 @@ class RabbitServer:
         """An AMQP connection with the configured credentials is the health check."""
         if not port_open(self.port):
             return False
-        import aio_pika
 
         async def check() -> bool:
             connection = await aio_pika.connect(self.url, timeout=3)
@@ -651,27 +651,19 @@ def up(settings: Settings) -> list[str]:
     applied = start_postgres(postgres)
     rabbit.start()
     # Users of least privilege may not declare the exchanges and queues: the admin does.
-    _run_sync(lambda: declare_topology(rabbit.url, settings))
-    return applied
-
-
-async def declare_topology(url: str, settings: Settings) -> None:
-    """Declare the pipeline's exchanges and queues as ``url``'s user (``chouette migrate``
-    does the same)."""
-    from shared.broker import Broker
-
-    broker = Broker(
-        url, namespace=settings.broker_namespace, delivery_limit=settings.broker_delivery_limit
+    _run_sync(
+        lambda: declare_topology_as(
+            rabbit.url,
+            namespace=settings.broker_namespace,
+            delivery_limit=settings.broker_delivery_limit,
+        )
     )
-    await broker.connect()
-    await broker.close(within=5)
+    return applied
 
 
 def start_postgres(postgres: PostgresServer) -> list[str]:
     """Start PostgreSQL, create the processes' login roles, apply the migrations and the
     grants as the owner (``chouette migrate``); return the migrations applied now."""
-    from shared import db
-
     postgres.start()
     postgres.ensure_logins()  # also when the server was already running
     return _run_sync(lambda: db.migrate_at(postgres.url, grants=True))

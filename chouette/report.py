@@ -14,21 +14,21 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from shared.cli import queries
-from shared.cli.app import OK
-from shared.cli.parser import UsageError
-from shared.cli.render import fmt, later_differs, later_range_sentence
-from shared.cli.submit import parse_model_id
+from chouette import queries
+from chouette.connections import open_pool
+from chouette.errors import OK, UsageError
+from chouette.gallery import misclassified_gallery
+from chouette.render import fmt, later_differs, later_range_sentence
+from chouette.submit import parse_model_id
+from shared.plots import plot_confusion, plot_curves
 from shared.settings import Settings
 
 Row = dict[str, Any]
 
 
 async def run_report(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.cli.commands import open_pool
-
     model_id = parse_model_id(args.model, "MODEL")
     async with open_pool(settings) as pool:
         model = await queries.model(pool, model_id)
@@ -38,8 +38,6 @@ async def run_report(args: argparse.Namespace, settings: Settings) -> int:
         evaluations = await queries.evaluations_of_model(pool, model_id)
         gallery = None
         if getattr(args, "gallery", False):
-            from shared.cli.gallery import misclassified_gallery
-
             gallery = await misclassified_gallery(pool, model, evaluations)
     out = Path(args.out or f"reports/model-{model_id}")
     try:
@@ -126,7 +124,7 @@ def held_out_vs_later(model: Row, evaluations: list[Row]) -> list[str]:
 
 def write_report(model: Row, epochs: list[Row], evaluations: list[Row], out: Path) -> list[Path]:
     """Write the PNGs and ``summary.md`` under ``out``; return the paths written."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib takes seconds to import; only report draws
 
     matplotlib.use("Agg")
     out.mkdir(parents=True, exist_ok=True)
@@ -151,49 +149,6 @@ def write_report(model: Row, epochs: list[Row], evaluations: list[Row], out: Pat
     summary.write_text(summary_markdown(model, epochs, evaluations, curves, matrices))
     written.append(summary)
     return written
-
-
-def plot_curves(epochs: list[Row], path: Path | BinaryIO, *, title: str) -> None:
-    import matplotlib.pyplot as plt
-
-    x = [e["epoch"] for e in epochs]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for key, style in ((metric, "o-"), (f"val_{metric}", "s--")):
-            ys = [e.get(key) for e in epochs]
-            if any(y is not None for y in ys):
-                ax.plot(x, [float("nan") if y is None else y for y in ys], style, label=key)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.set_xticks(x)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
-
-
-def plot_confusion(
-    matrix: list[list[int]], names: list[str], path: Path | BinaryIO, *, title: str
-) -> None:
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    counts = np.asarray(matrix, dtype=float).reshape(len(names), len(names))
-    fig, ax = plt.subplots(figsize=(4.5, 4), constrained_layout=True)
-    ax.imshow(counts, cmap="Blues")
-    ax.set_xticks(range(len(names)), names)
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    peak = counts.max() if counts.size else 0
-    for i in range(len(names)):
-        for j in range(len(names)):
-            color = "white" if peak and counts[i, j] > peak / 2 else "black"
-            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", color=color)
-    ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
 
 
 _SPLITS = {"train": 0, "val": 1, "test": 2}

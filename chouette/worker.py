@@ -1,6 +1,6 @@
 """``chouette worker NAME``: run ``services.NAME`` by module name.
 
-The module is found at run time (``runpy``), so ``shared/`` keeps importing no service.
+The module is found at run time (``runpy``), so the command line imports no service.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import runpy
 import sys
 from collections.abc import Sequence
 
-from shared.cli.parser import WORKERS
+from chouette.parser import WORKERS
 
 
 def run_worker(name: str, args: Sequence[str] = ()) -> int:

@@ -6,33 +6,16 @@ import datetime as dt
 import decimal
 import json
 import sys
-import unicodedata
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 from shared.request_state import FINAL
+from shared.text import fraction, printable
 
 Row = dict[str, Any]
 # Macro F1 points between the held-out test split and a later date range worth a sentence.
 LATER_GAP = 0.05
-
-
-def printable(text: str) -> str:
-    """``text`` safe on a terminal: whitespace runs become one space and other control or
-    format characters (escape sequences, bidi overrides) are shown escaped, ``\\x1b``.
-
-    Errors and progress can quote the Chouette API (reason phrases, login answers): such
-    text must not move the cursor, recolour or rewrite what ``status`` and ``watch`` show.
-    """
-    out = []
-    for ch in " ".join(text.split()):
-        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp"):
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def plain(value: Any) -> Any:
@@ -314,12 +297,6 @@ def _one_line(text: str | None, width: int) -> str | None:
         return None
     line = printable(text)
     return line if len(line) <= width else line[: width - 1] + "…"
-
-
-def fraction(req: Row) -> tuple[int, int] | None:
-    """A request row's (or notification's) progress as numbers: ``(12, 50)``, or None."""
-    done, total = req.get("progress_done"), req.get("progress_total")
-    return (int(done), int(total)) if done is not None and total is not None else None
 
 
 def bar(done: int, total: int, width: int = 24) -> str:

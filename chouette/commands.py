@@ -1,6 +1,6 @@
-"""The commands that talk to Postgres and RabbitMQ: train, evaluate, status, watch, models.
-
-``predict`` and ``report`` live in their own modules (they load TensorFlow / matplotlib).
+"""The commands that talk to Postgres and RabbitMQ: train, evaluate, status, watch, models,
+migrate. The others live in modules of their own (``predict``, ``report``, ...);
+``chouette.app`` dispatches to all of them.
 """
 
 from __future__ import annotations
@@ -8,19 +8,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import re
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-from shared import db, shutdown
-from shared.cli import queries, render
-from shared.cli.app import FAILED, OK, CommandFailed
-from shared.cli.follow import Listener, follow, stop_on_signals, watch, with_reconnect
-from shared.cli.parser import UsageError
-from shared.cli.submit import (
+from chouette import queries, render
+from chouette.connections import CONNECT_TIMEOUT_S, open_listener, open_pool, open_publisher
+from chouette.errors import FAILED, OK, CommandFailed, UsageError
+from chouette.follow import Listener, follow, stop_on_signals, watch, with_reconnect
+from chouette.submit import (
     Publisher,
     evaluation_request,
     kind_of,
@@ -28,6 +25,8 @@ from shared.cli.submit import (
     parse_model_id,
     training_request,
 )
+from shared import db, shutdown
+from shared.broker import declare_topology_as
 from shared.messages import Message
 from shared.request_state import Stage
 from shared.settings import Settings, redact_url
@@ -35,83 +34,7 @@ from shared.settings import Settings, redact_url
 # After Ctrl-C, `--wait` ends within this many seconds whatever its connections do.
 CTRL_C_EXIT_SECONDS = 10.0
 
-CONNECT_TIMEOUT_S = 15.0
-CLOSE_TIMEOUT_S = 5.0
 _ID_PREFIX = re.compile(r"[0-9a-fA-F-]{1,36}")
-
-
-async def run_command(
-    args: argparse.Namespace,
-    *,
-    settings: Settings | None = None,
-    publisher: Publisher | None = None,
-) -> int:
-    """Run one command. ``publisher`` replaces the RabbitMQ connection (tests)."""
-    command = args.command
-    if command in ("train", "evaluate"):
-        return await submit_command(args, settings or Settings(), publisher)
-    if command == "predict":
-        from shared.cli.predict import run_predict
-
-        return await run_predict(args, settings or Settings())
-    if command == "export":
-        from shared.cli.export import run_export
-
-        return await run_export(args, settings or Settings())
-    if command == "explain":
-        from shared.cli.explain import run_explain
-
-        return await run_explain(args, settings or Settings())
-    if command == "report":
-        from shared.cli.report import run_report
-
-        return await run_report(args, settings or Settings())
-    if command == "prune":
-        from shared.cli.prune import run_prune
-
-        return await run_prune(args, settings or Settings())
-    if command in ("champion", "promote"):
-        from shared.cli.champion import run_champion
-
-        return await run_champion(args, settings or Settings())
-    handlers = {
-        "status": status_command,
-        "watch": watch_command,
-        "models": models_command,
-        "migrate": migrate_command,
-    }
-    return await handlers[command](args, settings or Settings())
-
-
-@contextlib.asynccontextmanager
-async def open_pool(settings: Settings, *, writes: bool = False) -> AsyncIterator[db.Pool]:
-    """A small pool: as the CLI's role (``CLI_DATABASE_URL``) for a command that ``writes``,
-    with pending migrations applied first under ``AUTO_MIGRATE`` (the CLI may be the first
-    to touch a database); else as the read-only role (``READER_DATABASE_URL``), which never
-    migrates."""
-    dsn = settings.database_url_for("cli" if writes else "reader").get_secret_value()
-    created: list[db.Pool] = []
-    try:
-        # No connection floor: while PostgreSQL is away, asyncpg would log a traceback per
-        # attempt to restore it (`--wait` rides out an outage on a connection of its own).
-        created.append(
-            await asyncio.wait_for(db.create_pool(dsn, min_size=0, max_size=2), CONNECT_TIMEOUT_S)
-        )
-        await asyncio.wait_for(created[0].fetchval("SELECT 1"), CONNECT_TIMEOUT_S)  # connects
-    except Exception as exc:
-        for unused in created:
-            await unused.close()
-        raise CommandFailed(
-            f"cannot connect to PostgreSQL at {redact_url(dsn)}: {exc}"
-            " (is it running? `chouette services up` starts a local one)"
-        ) from None
-    pool = created[0]
-    try:
-        if writes:
-            await db.migrate_if_asked(settings, pool, dsn)
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def migrate_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -133,69 +56,29 @@ async def migrate_command(args: argparse.Namespace, settings: Settings) -> int:
 async def declare_broker_topology(settings: Settings) -> None:
     """Declare the pipeline's exchanges and queues as ``MIGRATE_AMQP_URL`` (else
     ``AMQP_URL``): users of least privilege may only use them."""
-    from shared.local_services import declare_topology
-
     url = settings.amqp_url_for("migrate").get_secret_value()
     try:
-        await asyncio.wait_for(declare_topology(url, settings), CONNECT_TIMEOUT_S)
+        await asyncio.wait_for(
+            declare_topology_as(
+                url,
+                namespace=settings.broker_namespace,
+                delivery_limit=settings.broker_delivery_limit,
+            ),
+            CONNECT_TIMEOUT_S,
+        )
     except Exception as exc:
         raise CommandFailed(
             f"migrate: cannot declare the queues at {redact_url(url)}: {exc}"
         ) from None
 
 
-@contextlib.asynccontextmanager
-async def open_publisher(settings: Settings) -> AsyncIterator[Publisher]:
-    from shared.broker import Broker
-
-    url = settings.amqp_url_for("cli").get_secret_value()
-    broker = Broker(
-        url,
-        namespace=settings.broker_namespace,
-        delivery_limit=settings.broker_delivery_limit,
-        heartbeat=settings.amqp_heartbeat,
-        declare=settings.auto_migrate,
-    )
-    try:
-        await asyncio.wait_for(broker.connect(), CONNECT_TIMEOUT_S)
-    except BaseException as exc:
-        # Ctrl-C too (a CancelledError): cancelled once connected (opening the channel,
-        # declaring the queues), a robust connection left open goes on reconnecting, shrugs
-        # off asyncio.run's last cancellation, and the process never exits.
-        await close_within(broker, CLOSE_TIMEOUT_S)
-        if not isinstance(exc, Exception):
-            raise
-        import aiormq
-
-        if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):  # connected, refused
-            raise CommandFailed(
-                f"RabbitMQ at {redact_url(url)} refused the pipeline's queues: {exc} (queues"
-                " declared with other arguments, e.g. another BROKER_DELIVERY_LIMIT, than this"
-                " configuration: align the setting, or delete the queues)"
-            ) from None
-        raise CommandFailed(
-            f"cannot connect to RabbitMQ at {redact_url(url)}: {exc}"
-            " (is it running? `chouette services up` starts a local one)"
-        ) from None
-    try:
-        yield broker
-    finally:
-        await close_within(broker, CLOSE_TIMEOUT_S)
-
-
-async def close_within(broker: Any, timeout_s: float) -> None:
-    """Close the broker connection, giving up after ``timeout_s`` (a server that stopped
-    answering must not hold a command, nor Ctrl-C, any longer)."""
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(broker.close(), timeout_s)
-
-
 # -- train / evaluate ---------------------------------------------------------------------
 
 
 async def submit_command(
-    args: argparse.Namespace, settings: Settings, publisher: Publisher | None
+    args: argparse.Namespace, settings: Settings, publisher: Publisher | None = None
 ) -> int:
+    """``train`` / ``evaluate``. ``publisher`` replaces the RabbitMQ connection (tests)."""
     message: Message
     if args.command == "train":
         message = training_request(args)  # bad input stops here: nothing opened yet
@@ -207,10 +90,7 @@ async def submit_command(
         async with contextlib.AsyncExitStack() as stack:
             listener = None
             if args.wait:  # subscribe before publishing: no notification can be missed
-                dsn = settings.database_url_for("reader").get_secret_value()
-                listener = await stack.enter_async_context(
-                    Listener.open(functools.partial(db.connect, dsn))
-                )
+                listener = await stack.enter_async_context(open_listener(settings))
             # RabbitMQ only while publishing: following reads PostgreSQL alone, so a broker
             # outage while `--wait` follows neither stops it nor fills its terminal with
             # reconnection errors (the services publish what they must once it is back).

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
-from shared.cli.parser import UsageError
+from chouette.errors import UsageError
 from shared.messages import MAX_BIGINT, EvaluationRequested, Message, TrainingRequested
 
 # Message field (dotted, as first_error writes it) → the flag that fills it.

@@ -11,11 +11,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from shared.cli import render
-from shared.cli.app import OK, CommandFailed
-from shared.cli.parser import UsageError
-from shared.cli.predict import native_stderr_held, read_images
-from shared.cli.submit import parse_model_id
+from chouette import queries, render
+from chouette.connections import open_pool
+from chouette.errors import OK, CommandFailed, UsageError
+from chouette.predict import native_stderr_held, read_images
+from chouette.submit import parse_model_id
+from shared.errors import PermanentError
 from shared.settings import Settings
 
 
@@ -41,9 +42,6 @@ def _out_dir(text: str) -> Path:
 
 
 async def run_explain(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.cli import queries
-    from shared.cli.commands import open_pool
-
     model_id = parse_model_id(args.model)
     images = read_images(args.images)
     out = _out_dir(args.out)
@@ -58,11 +56,12 @@ async def run_explain(args: argparse.Namespace, settings: Settings) -> int:
                 f"--class: {args.class_name!r} is not one of model {model_id}'s"
                 f" {list(row['class_names'])}"
             )
-        from shared.errors import PermanentError
 
         with native_stderr_held():
-            from shared.gradcam import Explainer
-            from shared.weight_store import load_model
+            from shared.gradcam import Explainer  # lazy: model code (numpy; TensorFlow when called)
+            from shared.weight_store import (
+                load_model,  # lazy: model code (numpy; TensorFlow when called)
+            )
 
             try:
                 model, spec, _row = await load_model(pool, model_id)

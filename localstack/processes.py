@@ -1,6 +1,6 @@
 """The simulator and the three services as subprocesses (demo, benchmarks, e2e and fault tests).
 
-Services are started by module name (``python -m services.NAME``), so ``shared/`` still
+Services are started by module name (``python -m services.NAME``), so ``localstack`` still
 imports no service. Each process logs to its own file, named by its key (the service's
 name, or e.g. ``trainer2`` for a second trainer); a process started again under the same
 key appends to that file. A service is ready when its output says ``NAME ready``
@@ -18,9 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.local_services import port_open
+from localstack.servers import port_open
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("fetcher", "trainer", "evaluator")
 
 

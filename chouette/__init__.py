@@ -11,12 +11,8 @@
 Exit codes: 0 success, 1 failure (the request failed, a server is unreachable),
 2 bad input (one line naming the field; nothing is published).
 
-Importing this package stays cheap (no TensorFlow, no matplotlib, no drivers) so that
-``chouette --help`` answers at once; each command imports what it needs.
+The entry point is ``chouette.app.main`` (the console script, ``python -m chouette``).
+This package imports nothing, so that a module of it (the parser, the errors) is imported
+without the rest; ``chouette.app`` imports every command, none of which imports
+TensorFlow, matplotlib or Pillow before it runs, so ``chouette --help`` answers at once.
 """
-
-from __future__ import annotations
-
-from shared.cli.app import main
-
-__all__ = ["main"]

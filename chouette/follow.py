@@ -14,15 +14,16 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TextIO, TypeVar
 
 import asyncpg
 
+from chouette import queries
+from chouette.render import ProgressView, epoch_metrics, fmt, printable, requests_table, short_id
 from shared import backoff
-from shared.cli import queries
-from shared.cli.render import ProgressView, epoch_metrics, fmt, printable, short_id
 from shared.request_state import FINAL
 
 RECHECK_S = 30.0
@@ -222,8 +223,6 @@ async def watch(
     recent: int = 10,
 ) -> None:
     """Print the recent requests, then one line per event until ``stop`` is set."""
-    from shared.cli.render import requests_table
-
     stop = stop or asyncio.Event()
     epoch_totals: dict[int, int | None] = {}
     shown: dict[Any, str] = {}  # the last line of each request: a repeat says nothing new
@@ -281,8 +280,6 @@ def event_text(
 
 def stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
     """Set ``stop`` on SIGINT/SIGTERM; returns the function that restores the handlers."""
-    import signal
-
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

@@ -14,22 +14,25 @@ import io
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from shared.cli import render
-from shared.cli.app import OK, CommandFailed
-from shared.cli.parser import UsageError
-from shared.cli.submit import parse_model_id
+from chouette import queries, render
+from chouette.connections import open_pool
+from chouette.errors import OK, CommandFailed, UsageError
+from chouette.submit import parse_model_id
+from shared.errors import PermanentError
 from shared.settings import Settings
 
 
 def read_images(paths: list[str]) -> list[tuple[str, bytes]]:
     """The bytes of each file; ``UsageError`` naming the first one that is not a readable image."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
+    from PIL import (  # lazy: Pillow, only for the commands that read images
+        Image,
+        UnidentifiedImageError,
+    )
 
     images = []
     for name in paths:
@@ -59,7 +62,7 @@ def read_images(paths: list[str]) -> list[tuple[str, bytes]]:
 
 def _size(data: bytes) -> tuple[int, int]:
     """An image's width and height from its header, without the decompression bomb check."""
-    from PIL import Image
+    from PIL import Image  # lazy: Pillow, only for the commands that read images
 
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
@@ -70,22 +73,19 @@ def _size(data: bytes) -> tuple[int, int]:
 
 
 async def run_predict(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.cli.commands import open_pool
-
     model_id = parse_model_id(args.model)
     images = read_images(args.images)
     async with open_pool(settings) as pool:
-        from shared.cli import queries
-
         row = await queries.model(pool, model_id)
         if row is None:
             raise UsageError(f"--model (model_id): no model {model_id} (see `chouette models`)")
         if row["status"] != "trained":
             raise UsageError(f"--model (model_id): model {model_id} is {row['status']}")
-        from shared.errors import PermanentError
 
         with native_stderr_held():  # TensorFlow's C++ start-up chatter, shown only on failure
-            from shared.weight_store import load_model
+            from shared.weight_store import (
+                load_model,  # lazy: model code (numpy; TensorFlow when called)
+            )
 
             try:
                 model, spec, _row = await load_model(pool, model_id)
@@ -140,10 +140,14 @@ def predict_probabilities(
 ) -> list[list[float]]:
     """Class probabilities as the evaluator scores them (with ``tta``: the mean over each
     image's 8 flips/turns, as the evaluator with ``EVALUATOR_TTA=true``)."""
-    import numpy as np
+    import numpy as np  # lazy: only with the model code
 
-    from shared.images import decode_images
-    from shared.modeling import inference_function
+    from shared.images import (
+        decode_images,  # lazy: numpy and the TensorFlow decode path; only predict pays for it
+    )
+    from shared.modeling import (
+        inference_function,  # lazy: model code (numpy; TensorFlow when called)
+    )
 
     size = spec.image_size  # type: ignore[attr-defined]
     batch = decode_images(blobs, size)
