@@ -103,7 +103,7 @@ async def postgres_down_for_a_minute_mid_stage(
         out, err = tmp_path / "cli.out", tmp_path / "cli.err"
         # Training: enough epochs (a few seconds each at 32 px) that the outage, started
         # after the first, meets the training rather than a request already finished.
-        epochs = 30 if stage == "training" else 4
+        epochs = 12 if stage == "training" else 4
         cli = await asyncio.to_thread(start_cli, pipeline.base_env(), out, err, epochs)
         request_id = await first_line_id(out, cli)
         if stage == "evaluating":
