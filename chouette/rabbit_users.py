@@ -1,0 +1,126 @@
+"""RabbitMQ users of least privilege, created through the management HTTP API.
+
+Locally, ``chouette services up`` creates a user per process when its broker boots (a
+definitions file); a broker started elsewhere, compose's, boots with one administrator.
+``chouette migrate`` then creates the others as that administrator when
+``RABBITMQ_MANAGEMENT_URL`` is set: for each process whose ``*_AMQP_URL`` names a user
+other than the administrator, that user with the URL's password and no tags, and its
+permissions (``shared.broker.permissions``) on the URL's virtual host. PUT both times:
+running it again changes nothing, or sets a changed password.
+
+Errors are one line that names the user and the HTTP status, never a password (the
+credentials go in an Authorization header and request bodies, never in a URL).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote, urlsplit
+
+import aiohttp
+
+from shared.broker import permissions
+from shared.settings import Settings, redact_url
+
+# Processes that may have a RabbitMQ user of their own (shared.broker.permissions).
+PROCESSES = ("fetcher", "trainer", "evaluator", "cli")
+# Seconds for each request to the management API, connecting included.
+REQUEST_TIMEOUT_S = 10.0
+
+
+class ProvisionError(Exception):
+    """A user could not be created or given its permissions (one line, no password)."""
+
+
+@dataclass(frozen=True)
+class BrokerUser:
+    name: str
+    password: str = field(repr=False)
+    vhost: str
+    process: str
+
+
+def _credentials(url: str) -> tuple[str, str, str]:
+    """(user, password, vhost) of an ``amqp://`` URL, as RabbitMQ reads them."""
+    parts = urlsplit(url)
+    vhost = unquote(parts.path[1:]) if parts.path not in ("", "/") else "/"
+    return unquote(parts.username or "guest"), unquote(parts.password or "guest"), vhost
+
+
+def broker_users(settings: Settings) -> list[BrokerUser]:
+    """The users to create: one per process whose own ``*_AMQP_URL`` names a user other
+    than the administrator's (``MIGRATE_AMQP_URL``, else ``AMQP_URL``). Two processes may
+    not share a user: its permissions would be one process's or the other's."""
+    admin, _, _ = _credentials(settings.amqp_url_for("migrate").get_secret_value())
+    users: dict[str, BrokerUser] = {}
+    for process in PROCESSES:
+        name, password, vhost = _credentials(settings.amqp_url_for(process).get_secret_value())
+        if name == admin:
+            continue
+        if name in users:
+            raise ProvisionError(
+                f"RabbitMQ user {name!r} is named by both {users[name].process.upper()}_AMQP_URL"
+                f" and {process.upper()}_AMQP_URL: give each process a user of its own"
+            )
+        users[name] = BrokerUser(name, password, vhost, process)
+    return list(users.values())
+
+
+async def provision(
+    management_url: str,
+    admin_url: str,
+    users: list[BrokerUser],
+    *,
+    namespace: str,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
+) -> None:
+    """Create or update ``users`` and their permissions on the exchanges and queues of
+    ``namespace``, through the management API at ``management_url`` as ``admin_url``'s
+    user."""
+    admin, admin_password, _ = _credentials(admin_url)
+    base = management_url.rstrip("/")
+    secrets = [admin_password, *(user.password for user in users)]
+    async with aiohttp.ClientSession(
+        auth=aiohttp.BasicAuth(admin, admin_password),
+        timeout=aiohttp.ClientTimeout(total=request_timeout_s),
+    ) as session:
+        for user in users:
+            configure, write, read = permissions(user.process, re.escape(namespace))
+            name = quote(user.name, safe="")
+            calls = (
+                (f"/api/users/{name}", {"password": user.password, "tags": ""}),
+                (
+                    f"/api/permissions/{quote(user.vhost, safe='')}/{name}",
+                    {"configure": configure, "write": write, "read": read},
+                ),
+            )
+            for path, body in calls:
+                what = f"RabbitMQ user {user.name!r} ({path.split('/')[2]})"
+                try:
+                    async with session.put(base + path, json=body) as response:
+                        if response.status >= 300:
+                            reason = _reason(await response.text())
+                            raise ProvisionError(
+                                f"{what}: HTTP {response.status} {response.reason}{reason}"
+                            )
+                except ProvisionError as exc:
+                    raise ProvisionError(_one_line(str(exc), secrets)) from None
+                except Exception as exc:  # connection refused, timeout, bad URL
+                    detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                    raise ProvisionError(
+                        _one_line(f"{what} at {redact_url(base)}: {detail}", secrets)
+                    ) from None
+
+
+def _reason(text: str) -> str:
+    """The management API's ``reason`` (a short JSON field), if it gave one."""
+    match = re.search(r'"reason"\s*:\s*"([^"]{1,200})"', text)
+    return f" ({match.group(1)})" if match else ""
+
+
+def _one_line(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return " ".join(text.split())
