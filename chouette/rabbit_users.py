@@ -14,7 +14,9 @@ credentials go in an Authorization header and request bodies, never in a URL).
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
@@ -27,6 +29,8 @@ from shared.settings import Settings, redact_url
 PROCESSES = ("fetcher", "trainer", "evaluator", "cli")
 # Seconds for each request to the management API, connecting included.
 REQUEST_TIMEOUT_S = 10.0
+# Seconds a refused connection to the management API is tried again.
+CONNECT_WAIT_S = 30.0
 
 
 class ProvisionError(Exception):
@@ -98,19 +102,35 @@ async def provision(
             for path, body in calls:
                 what = f"RabbitMQ user {user.name!r} ({path.split('/')[2]})"
                 try:
-                    async with session.put(base + path, json=body) as response:
-                        if response.status >= 300:
-                            reason = _reason(await response.text())
-                            raise ProvisionError(
-                                f"{what}: HTTP {response.status} {response.reason}{reason}"
-                            )
-                except ProvisionError as exc:
-                    raise ProvisionError(_one_line(str(exc), secrets)) from None
-                except Exception as exc:  # connection refused, timeout, bad URL
-                    detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                    await _put(session, base + path, body, what)
+                except Exception as exc:  # HTTP errors, timeouts, a bad URL
+                    detail = str(exc) if isinstance(exc, ProvisionError) else _describe(exc)
                     raise ProvisionError(
                         _one_line(f"{what} at {redact_url(base)}: {detail}", secrets)
                     ) from None
+
+
+async def _put(session: aiohttp.ClientSession, url: str, body: dict[str, str], what: str) -> None:
+    """PUT ``body``; a refused connection is tried again for ``CONNECT_WAIT_S``: the
+    broker's health check passes once AMQP listens, the management API starts a moment
+    later (compose starts ``migrate`` then)."""
+    deadline = time.monotonic() + CONNECT_WAIT_S
+    while True:
+        try:
+            async with session.put(url, json=body) as response:
+                if response.status >= 300:
+                    reason = _reason(await response.text())
+                    raise ProvisionError(f"HTTP {response.status} {response.reason}{reason}")
+                return
+        except aiohttp.ClientConnectorError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(1.0)
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _reason(text: str) -> str:

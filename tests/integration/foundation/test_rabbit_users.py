@@ -10,6 +10,7 @@ import aio_pika
 import aiormq
 import pytest
 
+from chouette import rabbit_users
 from chouette.commands import provision_broker_users
 from chouette.errors import CommandFailed
 from localstack.servers import RabbitServer, free_port
@@ -96,7 +97,10 @@ async def test_a_wrong_admin_password_fails_in_one_line_without_a_password(
         assert secret not in message
 
 
-async def test_an_unreachable_management_api_fails_in_one_line(rabbit: RabbitServer) -> None:
+async def test_an_unreachable_management_api_fails_in_one_line(
+    rabbit: RabbitServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rabbit_users, "CONNECT_WAIT_S", 2.0)
     settings = _settings(rabbit)
     settings.rabbitmq_management_url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(CommandFailed) as failure:
