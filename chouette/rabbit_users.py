@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
+from pydantic import SecretStr
 
 from shared.broker import permissions
 from shared.settings import Settings, redact_url
@@ -53,13 +54,18 @@ def _credentials(url: str) -> tuple[str, str, str]:
 
 
 def broker_users(settings: Settings) -> list[BrokerUser]:
-    """The users to create: one per process whose own ``*_AMQP_URL`` names a user other
-    than the administrator's (``MIGRATE_AMQP_URL``, else ``AMQP_URL``). Two processes may
-    not share a user: its permissions would be one process's or the other's."""
+    """The users to create: one per process whose own ``*_AMQP_URL`` is set and names a
+    user other than the administrator's (``MIGRATE_AMQP_URL``, else ``AMQP_URL``); a
+    process without one shares ``AMQP_URL``'s user, which is not its own to create. Two
+    processes may not share a user: its permissions would be one process's or the other's.
+    """
     admin, _, _ = _credentials(settings.amqp_url_for("migrate").get_secret_value())
     users: dict[str, BrokerUser] = {}
     for process in PROCESSES:
-        name, password, vhost = _credentials(settings.amqp_url_for(process).get_secret_value())
+        own: SecretStr = getattr(settings, f"{process}_amqp_url")
+        if not own.get_secret_value():
+            continue
+        name, password, vhost = _credentials(own.get_secret_value())
         if name == admin:
             continue
         if name in users:
