@@ -43,9 +43,12 @@ browser-deps: venv
 
 # With Docker, compose's servers get the local default passwords unless you set your own
 # (then set AMQP_URL and DATABASE_URL to match in .env). Compose requires the passwords of
-# the services' PostgreSQL roles too (deploy/postgres-roles.sh creates those roles).
+# the services' PostgreSQL roles and RabbitMQ users too (deploy/postgres-roles.sh and
+# `chouette migrate` create them).
 ROLE_PASSWORDS := $(foreach r,FETCHER TRAINER EVALUATOR API CLI,POSTGRES_$(r)_PASSWORD=$${POSTGRES_$(r)_PASSWORD:-chouette})
-CHECK_PASSWORDS := $(foreach r,FETCHER TRAINER EVALUATOR API CLI,POSTGRES_$(r)_PASSWORD=x)
+ROLE_PASSWORDS += $(foreach r,FETCHER TRAINER EVALUATOR CLI,RABBITMQ_$(r)_PASSWORD=$${RABBITMQ_$(r)_PASSWORD:-chouette})
+CHECK_PASSWORDS := $(foreach r,FETCHER TRAINER EVALUATOR API CLI,POSTGRES_$(r)_PASSWORD=x) \
+	$(foreach r,FETCHER TRAINER EVALUATOR CLI,RABBITMQ_$(r)_PASSWORD=x)
 COMPOSE_SERVERS := POSTGRES_PASSWORD=$${POSTGRES_PASSWORD:-chouette} $(ROLE_PASSWORDS) \
 	RABBITMQ_PASSWORD=$${RABBITMQ_PASSWORD:-chouette} docker compose up -d --wait rabbitmq postgres
 

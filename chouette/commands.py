@@ -13,7 +13,7 @@ import sys
 import uuid
 from typing import Any
 
-from chouette import queries, render
+from chouette import queries, rabbit_users, render
 from chouette.connections import CONNECT_TIMEOUT_S, open_listener, open_pool, open_publisher
 from chouette.errors import FAILED, OK, CommandFailed, UsageError
 from chouette.follow import Listener, follow, stop_on_signals, watch, with_reconnect
@@ -50,7 +50,27 @@ async def migrate_command(args: argparse.Namespace, settings: Settings) -> int:
     print(f"schema up to date ({len(db.migration_files())} migrations); grants set")
     await declare_broker_topology(settings)
     print(f"exchanges and queues of {settings.broker_namespace!r} declared")
+    if settings.rabbitmq_management_url:
+        names = await provision_broker_users(settings)
+        print(f"RabbitMQ users provisioned: {', '.join(names) or 'none (one user for all)'}")
     return OK
+
+
+async def provision_broker_users(settings: Settings) -> list[str]:
+    """Create the ``*_AMQP_URL`` users and their permissions through RabbitMQ's management
+    API (``RABBITMQ_MANAGEMENT_URL``) as ``MIGRATE_AMQP_URL``'s user; return their names.
+    Idempotent: a broker that boots with one administrator (compose's) gets the rest here."""
+    try:
+        users = rabbit_users.broker_users(settings)
+        await rabbit_users.provision(
+            settings.rabbitmq_management_url,
+            settings.amqp_url_for("migrate").get_secret_value(),
+            users,
+            namespace=settings.broker_namespace,
+        )
+    except rabbit_users.ProvisionError as exc:
+        raise CommandFailed(f"migrate: {exc}") from None
+    return [user.name for user in users]
 
 
 async def declare_broker_topology(settings: Settings) -> None:

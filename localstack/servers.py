@@ -349,6 +349,9 @@ class RabbitServer:
     # ``namespace_pattern`` (a regular expression). Loaded at boot from a definitions file.
     users: list[tuple[str, str, str]] = field(default_factory=list, repr=False)
     namespace_pattern: str = "chouette"
+    # The management plugin's HTTP API on 127.0.0.1 at this port (None: not enabled), for
+    # the test of `chouette migrate` creating users through it (compose's broker has it).
+    management_port: int | None = None
     last_error: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -433,16 +436,30 @@ class RabbitServer:
                     "log.console = false",
                     "log.file.level = warning",
                     *self._definitions(),
+                    *self._management(),
                     "",
                 ]
             ),
         )
-        (base / "enabled_plugins").write_text("[].\n")
+        plugins = "rabbitmq_management" if self.management_port is not None else ""
+        (base / "enabled_plugins").write_text(f"[{plugins}].\n")
         advanced = "[]"
         if self.channel_tick_ms is not None:
             advanced = f"[{{rabbit, [{{channel_tick_interval, {self.channel_tick_ms}}}]}}]"
         (base / "advanced.config").write_text(f"{advanced}.\n")
         _chown(base, "rabbitmq")
+
+    def _management(self) -> list[str]:
+        if self.management_port is None:
+            return []
+        return [
+            f"management.tcp.port = {self.management_port}",
+            "management.tcp.ip = 127.0.0.1",
+        ]
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
 
     def _definitions(self) -> list[str]:
         """With ``users``, write the definitions file that creates them at boot (mode 0600,
@@ -495,7 +512,7 @@ class RabbitServer:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ServiceError(f"RabbitMQ exited with {proc.returncode}:\n{self._log_tail()}")
-            if self.healthy():
+            if self.healthy() and (self.management_port is None or port_open(self.management_port)):
                 return
             time.sleep(0.5)
         self.stop()

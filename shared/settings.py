@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     trainer_amqp_url: SecretStr = SecretStr("")
     evaluator_amqp_url: SecretStr = SecretStr("")
     cli_amqp_url: SecretStr = SecretStr("")
+    # RabbitMQ's management API (e.g. http://rabbitmq:15672): set, `chouette migrate`
+    # creates the users of the *_AMQP_URLs above through it, as MIGRATE_AMQP_URL's user
+    # (chouette/rabbit_users.py). Empty: the users must exist already.
+    rabbitmq_management_url: str = ""
     # Services and writing CLI commands apply pending migrations at start-up (with
     # MIGRATE_DATABASE_URL) and declare the broker's exchanges and queues. false: only
     # `chouette migrate` does, as when each process has a role of its own that cannot.

@@ -45,7 +45,7 @@ def test_compose_passwords_come_from_the_environment() -> None:
     for name, service in compose["services"].items():
         env = service.get("environment") or {}
         for key, value in env.items():
-            if "PASS" in key or key in ("AMQP_URL", "DATABASE_URL"):
+            if "PASS" in key or key.endswith(("AMQP_URL", "DATABASE_URL")):
                 assert "${" in str(value), f"{name}.{key} must come from the environment"
     # Every password interpolation is mandatory (`:?`), never a default value.
     for match in re.finditer(r"\$\{(\w*PASSWORD)([^}]*)\}", text):
@@ -171,6 +171,36 @@ def test_compose_services_connect_as_their_own_database_roles() -> None:
     for login in ("fetcher", "trainer", "evaluator"):
         assert f"{login}:chouette_{login}" in script
     assert "api:chouette_reader" in script
+
+
+def _amqp_user(url: str) -> str:
+    match = re.match(r"amqp://([^:@/]+):", url)
+    assert match, url
+    return match.group(1)
+
+
+def test_compose_services_connect_as_their_own_rabbitmq_users() -> None:
+    """Only `migrate` holds the administrator (`chouette`, RABBITMQ_DEFAULT_USER): it
+    declares the queues and creates, through the management API, the user of each
+    `*_AMQP_URL`; every other service connects as its own user, the API as none."""
+    services = _compose()["services"]
+    admin = services["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_USER"]
+    migrate = services["migrate"]["environment"]
+    assert _amqp_user(migrate["AMQP_URL"]) == admin
+    assert migrate["RABBITMQ_MANAGEMENT_URL"] == "http://rabbitmq:15672"
+    for name, service in services.items():
+        if name in ("migrate", "rabbitmq"):
+            continue
+        env = service.get("environment") or {}
+        urls = {key: value for key, value in env.items() if key.endswith("AMQP_URL")}
+        if name in ("fetcher", "trainer", "evaluator"):
+            own = f"{name.upper()}_AMQP_URL"
+            assert set(urls) == {"AMQP_URL", own}, name  # the health check reads AMQP_URL
+            assert {_amqp_user(url) for url in urls.values()} == {f"chouette_{name}"}, name
+            assert migrate[own] == urls[own], f"migrate must create {name}'s user"
+        else:
+            assert not urls, f"{name} needs no RabbitMQ user"
+    assert _amqp_user(migrate["CLI_AMQP_URL"]) == "chouette_cli"
 
 
 def test_the_simulator_runs_only_in_the_demo_profile() -> None:
