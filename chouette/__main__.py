@@ -2,6 +2,6 @@
 
 import sys
 
-from chouette.app import main
+from chouette.entry import main
 
 sys.exit(main())

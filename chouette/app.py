@@ -59,6 +59,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(args_list)
+    except UsageError as exc:
+        print(f"chouette: error: {exc}", file=sys.stderr)
+        return BAD_INPUT
+    return run_parsed(args)
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names (parsed already); map its outcome to an exit code."""
+    try:
         sync = SYNC_COMMANDS.get(args.command)
         if sync is not None:
             return sync(args)

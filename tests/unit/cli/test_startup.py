@@ -32,6 +32,16 @@ def test_building_the_parser_imports_no_pydantic_nor_drivers() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_help_and_usage_errors_import_no_pydantic_nor_drivers() -> None:
+    code = (
+        "import sys; from chouette.entry import main; code = main(['train']);"
+        "heavy = [m for m in ('pydantic', 'asyncpg', 'aio_pika') if m in sys.modules];"
+        "print(heavy); sys.exit(1 if heavy or code != 2 else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_help_answers_under_one_second() -> None:
     best = float("inf")
     for _ in range(3):  # the best of three: this machine is shared with training jobs
