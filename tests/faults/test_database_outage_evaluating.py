@@ -1,13 +1,5 @@
-"""PostgreSQL away for a minute in the middle of evaluating: the request still succeeds.
-
-An unreachable database is not a failure of the message. Before, the fetcher's retries
-(0.5, 1, 2 s…) spent all deliveries in seconds, "could not record the failure;
-requeueing", RabbitMQ dead-lettered the message and the request stayed ``running`` for
-good, and `chouette train --wait` died with asyncpg tracebacks (exit 1) while the request
-went on. Now the service waits for the database and handles the same delivery again, and
-`--wait` says so in one line and keeps following. One file per stage: `make test`
-spreads files over its workers, so the three outages no longer run one after another.
-"""
+"""PostgreSQL away for a minute in the middle of evaluating (why and what before:
+test_database_outage_fetching.py; one file per stage so the workers overlap them)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""RabbitMQ away in the middle of training: no delivery attempt spent, the request succeeds.
-
-A broker outage is not a failure of the message. Before, the handler's result could not
-be published during the outage, the failure counted as an attempt ("requeue in"), the
-ack was lost with the channel and the redelivery (one more delivery for the quorum queue)
-was handled again from the start. Now the handler goes on, publishes once RabbitMQ is
-back, and the redelivery is settled by the handling still in progress.
-"""
+"""RabbitMQ away in the middle of training (why and what before:
+test_rabbitmq_outage_fetching.py): no delivery attempt spent, the request succeeds."""
 
 from __future__ import annotations
 
