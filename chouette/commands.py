@@ -23,6 +23,7 @@ from chouette.submit import (
     kind_of,
     params_json,
     parse_model_id,
+    trained_model,
     training_request,
 )
 from shared import db, shutdown
@@ -125,12 +126,7 @@ async def submit_command(
 
 
 async def _evaluable_model_tags(pool: db.Pool, model_arg: str) -> tuple[str, ...]:
-    model_id = parse_model_id(model_arg)
-    row = await queries.model(pool, model_id)
-    if row is None:
-        raise UsageError(f"--model (model_id): no model {model_id} (see `chouette models`)")
-    if row["status"] != "trained":
-        raise UsageError(f"--model (model_id): model {model_id} is {row['status']}, not trained")
+    row = await trained_model(pool, parse_model_id(model_arg))
     return tuple(row["class_names"])
 
 

@@ -11,11 +11,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from chouette import queries, render
+from chouette import render
 from chouette.connections import open_pool
 from chouette.errors import OK, CommandFailed, UsageError
 from chouette.predict import native_stderr_held, read_images
-from chouette.submit import parse_model_id
+from chouette.submit import parse_model_id, trained_model
 from shared.errors import PermanentError
 from shared.settings import Settings
 
@@ -46,11 +46,7 @@ async def run_explain(args: argparse.Namespace, settings: Settings) -> int:
     images = read_images(args.images)
     out = _out_dir(args.out)
     async with open_pool(settings) as pool:
-        row = await queries.model(pool, model_id)
-        if row is None:
-            raise UsageError(f"--model (model_id): no model {model_id} (see `chouette models`)")
-        if row["status"] != "trained":
-            raise UsageError(f"--model (model_id): model {model_id} is {row['status']}")
+        row = await trained_model(pool, model_id)
         if args.class_name is not None and args.class_name not in row["class_names"]:
             raise UsageError(
                 f"--class: {args.class_name!r} is not one of model {model_id}'s"

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from chouette import queries, render
+from chouette import render
 from chouette.connections import open_pool
 from chouette.errors import OK, CommandFailed, UsageError
-from chouette.submit import parse_model_id
+from chouette.submit import parse_model_id, trained_model
 from shared.errors import PermanentError
 from shared.settings import Settings
 
@@ -76,11 +76,7 @@ async def run_predict(args: argparse.Namespace, settings: Settings) -> int:
     model_id = parse_model_id(args.model)
     images = read_images(args.images)
     async with open_pool(settings) as pool:
-        row = await queries.model(pool, model_id)
-        if row is None:
-            raise UsageError(f"--model (model_id): no model {model_id} (see `chouette models`)")
-        if row["status"] != "trained":
-            raise UsageError(f"--model (model_id): model {model_id} is {row['status']}")
+        await trained_model(pool, model_id)  # a clear error before TensorFlow loads
 
         with native_stderr_held():  # TensorFlow's C++ start-up chatter, shown only on failure
             from shared.weight_store import (

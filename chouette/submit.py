@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
+from chouette import queries
 from chouette.errors import UsageError
 from shared.messages import MAX_BIGINT, EvaluationRequested, Message, TrainingRequested
 
@@ -168,3 +169,13 @@ def params_json(message: Message) -> dict[str, Any]:
 
 def kind_of(message: Message) -> str:
     return "training" if isinstance(message, TrainingRequested) else "evaluation"
+
+
+async def trained_model(con: queries.Con, model_id: int) -> queries.Row:
+    """The ``models`` row of ``model_id``; a usage error (exit 2) unless it is trained."""
+    row = await queries.model(con, model_id)
+    if row is None:
+        raise UsageError(f"--model (model_id): no model {model_id} (see `chouette models`)")
+    if row["status"] != "trained":
+        raise UsageError(f"--model (model_id): model {model_id} is {row['status']}, not trained")
+    return row
