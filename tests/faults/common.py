@@ -179,7 +179,9 @@ async def rabbitmq_down_mid_stage(
         pipeline.start_all()
         await asyncio.to_thread(pipeline.stack.wait_ready, 400)
         out, err = tmp_path / "cli.out", tmp_path / "cli.err"
-        cli = await asyncio.to_thread(start_cli, pipeline.base_env(), out, err)
+        # Training: enough epochs that the outage meets it (as for PostgreSQL above).
+        epochs = 12 if stage == "training" else 4
+        cli = await asyncio.to_thread(start_cli, pipeline.base_env(), out, err, epochs)
         request_id = await first_line_id(out, cli)
         if stage == "training":  # after the first epoch (which traces the network)
             await pipeline.wait_until(f"SELECT ({EPOCHS_OF_REQUEST}) >= 1", request_id, timeout=600)
