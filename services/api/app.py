@@ -1,19 +1,17 @@
 """The HTTP routes: parse the request, call a handler (``handlers.py``), shape the answer.
 
-Cross-cutting, for every request: a request id (``X-Request-ID``, echoed, or a new one)
-in one log line with method, route, status and milliseconds; Prometheus counters and a
-latency histogram; the body limit; errors as JSON ``{"error", "request_id"}`` and never a
-stack trace (that goes to the log, under the same request id).
+Cross-cutting, for every request (``middleware.py``): a request id (``X-Request-ID``,
+echoed, or a new one) in one log line with method, route, status and milliseconds;
+Prometheus counters and a latency histogram; the body limit. Errors are JSON
+``{"error", "request_id"}`` and never a stack trace (that goes to the log, under the same
+request id).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import secrets
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path as PathLib
@@ -24,14 +22,13 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Path, Query, Re
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api import handlers
 from services.api.figures import PngCache
 from services.api.metrics import CONTENT_TYPE, Metrics
+from services.api.middleware import BodyLimit, RequestLog, error_response, request_id_of
 from services.api.serving import ModelServer, NoModel
 from services.api.uploads import Limits, UploadRejected
-from shared import logs
 from shared.errors import PermanentError
 from shared.settings import ApiSettings
 
@@ -53,7 +50,6 @@ PAGE_HEADERS = {
 # metrics and the log name their route.
 STATIC_FILES = {"page.js": "text/javascript", "page.css": "text/css"}
 _SHA256 = r"^[0-9a-f]{64}$"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass
@@ -69,7 +65,9 @@ class Resources:
 Lifespan = Callable[[Metrics], AbstractAsyncContextManager[Resources]]
 
 
-def _resources(request: Request) -> Resources:
+# Dependencies are ``async def``: FastAPI runs a plain ``def`` one in a worker thread, a
+# thread hop per request for nothing.
+async def _resources(request: Request) -> Resources:
     return request.app.state.resources  # type: ignore[no-any-return]
 
 
@@ -96,7 +94,7 @@ def create_app(settings: ApiSettings, lifespan: Lifespan, version: dict[str, Any
         redoc_url=None,
     )
 
-    def authorized(request: Request) -> None:
+    async def authorized(request: Request) -> None:
         if not token:
             return
         given = request.headers.get("authorization", "")
@@ -110,61 +108,35 @@ def create_app(settings: ApiSettings, lifespan: Lifespan, version: dict[str, Any
 
     # -- cross-cutting ----------------------------------------------------------------------
 
-    @app.middleware("http")
-    async def log_and_measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        given = request.headers.get("x-request-id", "")
-        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
-        request.state.request_id = request_id
-        started = time.perf_counter()
-        with logs.request_context(request_id):
-            try:
-                response = await call_next(request)
-            except Exception:
-                logger.exception("%s %s failed", request.method, request.url.path)
-                response = _error(500, "internal error (see the server log)", request_id)
-            seconds = time.perf_counter() - started
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-            metrics.latency.labels(path).observe(seconds)
-            response.headers["X-Request-ID"] = request_id
-            logger.info(
-                "%s %s %d %.1f ms", request.method, request.url.path, response.status_code,
-                seconds * 1000,
-            )  # fmt: skip
-        return response
-
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return _error(exc.status_code, str(exc.detail), _rid(request), exc.headers)
+    async def httperror_response(request: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(exc.status_code, str(exc.detail), _rid(request), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
         )
-        return _error(422, f"invalid request: {problems}", _rid(request))
+        return error_response(422, f"invalid request: {problems}", _rid(request))
 
     @app.exception_handler(UploadRejected)
     async def rejected(request: Request, exc: UploadRejected) -> Response:
-        return _error(exc.status, exc.message, _rid(request))
+        return error_response(exc.status, exc.message, _rid(request))
 
     @app.exception_handler(NoModel)
     async def no_model(request: Request, exc: NoModel) -> Response:
-        return _error(503, f"no model to serve: {exc}", _rid(request))
+        return error_response(503, f"no model to serve: {exc}", _rid(request))
 
     @app.exception_handler(PermanentError)
     async def model_problem(request: Request, exc: PermanentError) -> Response:
         name = type(exc).__name__
         status = {"ModelNotFound": 404, "ModelNotReady": 409}.get(name, 422)
-        return _error(status, str(exc), _rid(request))
+        return error_response(status, str(exc), _rid(request))
 
     @app.exception_handler(Exception)
-    async def crashed(request: Request, exc: Exception) -> Response:  # pragma: no cover
+    async def crashed(request: Request, exc: Exception) -> Response:
         logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return _error(500, "internal error (see the server log)", _rid(request))
+        return error_response(500, "internal error (see the server log)", _rid(request))
 
     # -- routes -----------------------------------------------------------------------------
 
@@ -332,7 +304,7 @@ def create_app(settings: ApiSettings, lifespan: Lifespan, version: dict[str, Any
             metrics.model_served.clear()
         return Response(metrics.text(), media_type=CONTENT_TYPE)
 
-    return BodyLimit(app, settings.max_upload_bytes)  # type: ignore[return-value]
+    return RequestLog(BodyLimit(app, settings.max_upload_bytes), metrics)  # type: ignore[return-value]
 
 
 def _png(body: bytes) -> Response:
@@ -342,70 +314,4 @@ def _png(body: bytes) -> Response:
 
 
 def _rid(request: Request) -> str:
-    return str(getattr(request.state, "request_id", "-"))
-
-
-def _error(
-    status: int, message: str, request_id: str, headers: Mapping[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": message, "request_id": request_id},
-        status_code=status,
-        headers=None if headers is None else dict(headers),
-    )
-
-
-class BodyLimit:
-    """ASGI middleware: a body above ``max_bytes`` gets a 413 before it is read (by its
-    Content-Length), or as soon as the bytes read pass the limit (chunked uploads)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def __getattr__(self, name: str) -> Any:  # the FastAPI app's attributes (routes, state)
-        return getattr(self.app, name)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        message = f"request body above {self.max_bytes} bytes (API_MAX_UPLOAD_BYTES)"
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            logger.info(
-                "%s %s 413 (Content-Length %s)", scope["method"], scope["path"], int(length)
-            )
-            await _error(413, message, "-")(scope, receive, send)
-            return
-        received = 0
-        exceeded = started = False
-
-        async def limited() -> Message:
-            nonlocal received, exceeded
-            if exceeded:
-                return {"type": "http.disconnect"}
-            event = await receive()
-            if event["type"] == "http.request":
-                received += len(event.get("body", b""))
-                if received > self.max_bytes:
-                    # The app sees the client go away; the client gets the 413 (below).
-                    exceeded = True
-                    return {"type": "http.disconnect"}
-            return event
-
-        async def guarded(event: Message) -> None:
-            nonlocal started
-            if exceeded and not started:
-                started = True
-                logger.info("%s %s 413 (body above %d bytes)", scope["method"], scope["path"],
-                            self.max_bytes)  # fmt: skip
-                await _error(413, message, "-")(scope, receive, send)
-            if exceeded:
-                return  # whatever the app answers to the disconnect
-            started = started or event["type"] == "http.response.start"
-            await send(event)
-
-        await self.app(scope, limited, guarded)
-        if exceeded and not started:
-            await _error(413, message, "-")(scope, receive, send)
+    return request_id_of(request.scope)

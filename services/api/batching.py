@@ -1,40 +1,47 @@
 """Concurrent calls scored together: one model call for the images of several requests.
 
 A ResNet on a CPU (or a GPU) scores a batch of 32 images in far less than 32 times one
-image, so the API does not call the model per request: each request's decoded images join
-a pending list, and one drain task takes up to ``max_batch`` images (an idle model waits
-at most ``wait_s`` for more once the first arrived; what arrived during a model call goes
-into the next call at once), runs the model in a worker thread (never on
-the event loop) and hands each request its own rows. Only one model call runs at a time
-per batcher: while it runs, the next batch fills up.
+image, so the API does not call the model per request: each request's images (encoded:
+decoding is batched too) join a pending list, and one drain task takes up to
+``max_batch`` images (an idle model waits at most ``wait_s`` for more once the first
+arrived; what arrived during a model call goes into the next call at once), runs the
+model in a worker thread (never on the event loop) and hands each request its own rows.
+Only one model call runs at a time per batcher: while it runs, the next batch fills up.
+
+When a call of several requests fails (an image that passed the header checks but does
+not decode), each of those requests is scored again on its own, so that only the faulty
+one fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 Array = npt.NDArray[np.float32]
+Image = TypeVar("Image")
 
 
 @dataclass
-class _Pending:
-    images: Array
+class _Pending(Generic[Image]):
+    images: Sequence[Image]
     future: asyncio.Future[Array]
 
 
-class Batcher:
-    """``await batcher(images)`` → the model's rows for ``images``, batched with others."""
+class Batcher(Generic[Image]):
+    """``await batcher(images)`` → the model's rows for ``images``, batched with others:
+    ``predict`` gets a list of the images of one or more calls, returns a row for each."""
 
     def __init__(
         self,
-        predict: Callable[[Array], Array],
+        predict: Callable[[list[Image]], Array],
         *,
         max_batch: int,
         wait_s: float,
@@ -48,14 +55,14 @@ class Batcher:
         self.wait_s = wait_s
         self._executor = executor
         self._on_batch = on_batch  # called with the images of each model call
-        self._pending: list[_Pending] = []
+        self._pending: list[_Pending[Image]] = []
         self._queued = 0  # images in _pending
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # model calls made (tests, metrics)
         self.images = 0
 
-    async def __call__(self, images: Array) -> Array:
+    async def __call__(self, images: Sequence[Image]) -> Array:
         if len(images) == 0:
             return np.zeros((0, 0), np.float32)
         future: asyncio.Future[Array] = asyncio.get_running_loop().create_future()
@@ -67,10 +74,10 @@ class Batcher:
             self._task = asyncio.create_task(self._drain())
         return await future
 
-    def _take(self) -> list[_Pending]:
+    def _take(self) -> list[_Pending[Image]]:
         """Requests for the next model call: up to max_batch images, at least one request
         (a request of more images than max_batch is scored in one call of its own)."""
-        taken: list[_Pending] = []
+        taken: list[_Pending[Image]] = []
         n = 0
         while self._pending and (not taken or n + len(self._pending[0].images) <= self.max_batch):
             item = self._pending.pop(0)
@@ -95,20 +102,31 @@ class Batcher:
             if not taken:
                 continue
             try:
-                batch = np.concatenate([item.images for item in taken])
-                out = await loop.run_in_executor(self._executor, self._predict, batch)
+                await self._score(loop, taken)
             except Exception as exc:
-                for item in taken:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            self.batches += 1
-            self.images += len(batch)
-            if self._on_batch is not None:
-                self._on_batch(len(batch))
-            start = 0
-            for item in taken:
-                rows = out[start : start + len(item.images)]
-                start += len(item.images)
-                if not item.future.done():
-                    item.future.set_result(rows)
+                if len(taken) == 1:
+                    if not taken[0].future.done():
+                        taken[0].future.set_exception(exc)
+                    continue
+                for item in taken:  # which one failed? Each on its own.
+                    if item.future.done():
+                        continue
+                    try:
+                        await self._score(loop, [item])
+                    except Exception as alone:
+                        if not item.future.done():
+                            item.future.set_exception(alone)
+
+    async def _score(self, loop: asyncio.AbstractEventLoop, taken: list[_Pending[Image]]) -> None:
+        batch = [image for item in taken for image in item.images]
+        out = await loop.run_in_executor(self._executor, self._predict, batch)
+        self.batches += 1
+        self.images += len(batch)
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
+        start = 0
+        for item in taken:
+            rows = out[start : start + len(item.images)]
+            start += len(item.images)
+            if not item.future.done():
+                item.future.set_result(rows)

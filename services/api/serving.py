@@ -3,7 +3,8 @@
 Each is rebuilt from PostgreSQL by ``shared.weight_store.load_model`` (checksum verified)
 and wrapped in the evaluator's inference path (``shared.inference``: ``BatchDecoder`` for
 the training's pixels, ``Predictor`` in inference mode), traced once before it serves, and
-fed through a :class:`~services.api.batching.Batcher`. Every model call runs on one
+fed through a :class:`~services.api.batching.Batcher`: the encoded images of concurrent
+requests are decoded and scored together, one decode and one model call per batch, on one
 inference thread, never on the event loop.
 
 Champion changes arrive as PostgreSQL notifications (:func:`follow_champion`): the new
@@ -49,8 +50,7 @@ class ServedModel:
     model_id: int
     spec: ModelSpec
     model: Any  # the Keras model (Grad-CAM needs its layers)
-    decoder: BatchDecoder
-    batcher: Batcher
+    batcher: Batcher[bytes]
     executor: ThreadPoolExecutor  # the inference thread
     _explainer: Any = None
 
@@ -70,8 +70,7 @@ class ServedModel:
 
     async def predict(self, blobs: Sequence[bytes]) -> npt.NDArray[np.float32]:
         """Class probabilities (one row per image); decoding and the model off the loop."""
-        pixels = await asyncio.to_thread(self.decoder, blobs)
-        return await self.batcher(pixels)
+        return await self.batcher(blobs)
 
 
 class ModelServer:
@@ -132,14 +131,14 @@ class ModelServer:
         decoder = BatchDecoder(spec.image_size)
         predictor.warm_up()
         decoder.warm_up()
-        batcher = Batcher(
-            predictor,
+        batcher: Batcher[bytes] = Batcher(
+            lambda blobs: predictor(decoder(blobs)),
             max_batch=self.settings.batch_size,
             wait_s=self.settings.batch_wait_ms / 1000,
             executor=self.executor,
             on_batch=self._batched,
         )
-        return ServedModel(model_id, spec, model, decoder, batcher, self.executor)
+        return ServedModel(model_id, spec, model, batcher, self.executor)
 
     def _batched(self, n_images: int) -> None:
         if self.on_batch is not None:

@@ -1,5 +1,6 @@
 """The API's batcher without a model: rows back to their callers, batches bounded,
-failures to every caller of the failed call, callers that went away skipped."""
+a failed call's requests retried alone so that only the faulty one fails, callers that
+went away skipped."""
 
 from __future__ import annotations
 
@@ -12,22 +13,23 @@ import pytest
 from services.api.batching import Batcher
 
 
-def rows_of(n: int, start: float) -> np.ndarray:
-    return (np.arange(n, dtype=np.float32) + start)[:, None].repeat(3, axis=1)
+def rows_of(n: int, start: float) -> list[np.ndarray]:
+    """``n`` images (rows of 3 numbers) starting at ``start``."""
+    return list((np.arange(n, dtype=np.float32) + start)[:, None].repeat(3, axis=1))
 
 
 async def test_concurrent_calls_share_model_calls_and_get_their_own_rows() -> None:
     calls: list[int] = []
 
-    def predict(batch: np.ndarray) -> np.ndarray:
+    def predict(batch: list[np.ndarray]) -> np.ndarray:
         calls.append(len(batch))
-        return batch[:, :2] * 10
+        return np.asarray(batch)[:, :2] * 10
 
     batcher = Batcher(predict, max_batch=8, wait_s=0.05)
     inputs = [rows_of(n, 100 * i) for i, n in enumerate([1, 3, 2, 1, 5, 1])]
     outputs = await asyncio.gather(*(batcher(x) for x in inputs))
     for x, out in zip(inputs, outputs, strict=True):
-        np.testing.assert_array_equal(out, x[:, :2] * 10)
+        np.testing.assert_array_equal(out, np.asarray(x)[:, :2] * 10)
     assert sum(calls) == 13 and all(n <= 8 for n in calls)
     assert len(calls) < len(inputs)
     # One call larger than max_batch is scored alone, whole.
@@ -39,10 +41,10 @@ async def test_a_failing_model_call_fails_its_callers_and_the_next_calls_run() -
     fail = threading.Event()
     fail.set()
 
-    def predict(batch: np.ndarray) -> np.ndarray:
+    def predict(batch: list[np.ndarray]) -> np.ndarray:
         if fail.is_set():
             raise RuntimeError("model exploded")
-        return batch
+        return np.asarray(batch)
 
     batcher = Batcher(predict, max_batch=4, wait_s=0.02)
     results = await asyncio.gather(
@@ -58,11 +60,11 @@ async def test_a_caller_that_went_away_is_skipped() -> None:
     release = threading.Event()
     seen: list[int] = []
 
-    def predict(batch: np.ndarray) -> np.ndarray:
+    def predict(batch: list[np.ndarray]) -> np.ndarray:
         seen.append(len(batch))
         started.set()
         release.wait(5)
-        return batch
+        return np.asarray(batch)
 
     batcher = Batcher(predict, max_batch=2, wait_s=0)
     first = asyncio.create_task(batcher(rows_of(2, 0)))  # occupies the model
@@ -77,3 +79,23 @@ async def test_a_caller_that_went_away_is_skipped() -> None:
     with pytest.raises(asyncio.CancelledError):
         await gone
     assert seen == [2, 1]  # the cancelled caller's image was never scored
+
+
+async def test_a_faulty_image_fails_its_own_request_not_the_others_batched_with_it() -> None:
+    calls: list[int] = []
+
+    def predict(batch: list[np.ndarray]) -> np.ndarray:
+        calls.append(len(batch))
+        if any(row[0] < 0 for row in batch):
+            raise ValueError("an image that does not decode")
+        return np.asarray(batch)
+
+    batcher = Batcher(predict, max_batch=8, wait_s=0.05)
+    good, bad, other = rows_of(2, 0), rows_of(1, -5), rows_of(1, 7)
+    results = await asyncio.gather(
+        batcher(good), batcher(bad), batcher(other), return_exceptions=True
+    )
+    np.testing.assert_array_equal(results[0], good)
+    assert isinstance(results[1], ValueError)
+    np.testing.assert_array_equal(results[2], other)
+    assert calls == [4, 2, 1, 1]  # together, then each alone
