@@ -78,4 +78,17 @@ class BatchDecoder:
             encoded = tf.constant([tf_decodable(blob) for blob in blobs], dtype=tf.string)
             return np.asarray(self._call(encoded), dtype=np.float32)
         except (OSError, tf.errors.InvalidArgumentError) as exc:
-            raise UndecodableImage(f"a stored image cannot be decoded: {exc}") from exc
+            raise UndecodableImage(f"an image cannot be decoded: {_cause(exc)}") from exc
+
+
+def _cause(exc: Exception) -> str:
+    """The reason in a TensorFlow op error, without its graph trace (file paths, nodes):
+    ``Invalid PNG data, size 4908``."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    reasons = [
+        line
+        for line in lines
+        if line
+        and not line.startswith(("File ", "[[", "Graph execution error", "Detected at node"))
+    ]
+    return reasons[-1] if reasons else type(exc).__name__

@@ -195,6 +195,27 @@ async def test_predict_limits_and_bad_input_are_clear_json_errors(api: Api) -> N
     assert status == 413 and "API_MAX_UPLOAD_BYTES" in body["error"], body
 
 
+def broken_png() -> bytes:
+    """A PNG whose header reads (40 x 40) and whose pixel data does not decode."""
+    whole = png(40, 40)
+    data = whole.index(b"IDAT") + 14
+    return whole[:data] + bytes(len(whole) - data - 12) + whole[-12:]
+
+
+async def test_an_image_that_does_not_decode_fails_only_its_own_request(api: Api) -> None:
+    """Scored in the same batch as good images, a broken one fails its request alone,
+    with the reason and without TensorFlow's graph trace."""
+    good = [form([(f"{i}.jpg", photo("vine", i))]) for i in range(6)]
+    answers = await asyncio.gather(
+        *(call(api, "POST", "/predict", data=f) for f in good),
+        call(api, "POST", "/predict", data=form([("broken.png", broken_png())])),
+    )
+    assert [status for status, _, _ in answers] == [200] * 6 + [422], answers
+    error = answers[-1][1]["error"]
+    assert "cannot be decoded" in error and "Invalid PNG data" in error, error
+    assert 'File "' not in error and "[[" not in error
+
+
 async def test_explain_answers_the_grad_cam_overlay_of_one_image(api: Api) -> None:
     from shared.gradcam import Explainer
 
