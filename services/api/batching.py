@@ -3,10 +3,14 @@
 A ResNet on a CPU (or a GPU) scores a batch of 32 images in far less than 32 times one
 image, so the API does not call the model per request: each request's images (encoded:
 decoding is batched too) join a pending list, and one drain task takes up to
-``max_batch`` images (an idle model waits at most ``wait_s`` for more once the first
-arrived; what arrived during a model call goes into the next call at once), runs the
-model in a worker thread (never on the event loop) and hands each request its own rows.
-Only one model call runs at a time per batcher: while it runs, the next batch fills up.
+``max_batch`` images, runs the model in a worker thread (never on the event loop) and
+hands each request its own rows. Only one model call runs at a time per batcher: while
+it runs, the next batch fills up, and goes into the next call at once.
+
+An idle model waits, at most ``wait_s``, only for requests the server has already
+received and is still reading (:class:`Arrivals`): a lone request is scored at once,
+and a burst of requests (16 clients answered together send their next photos together)
+fills one call instead of starting it with the first few.
 
 When a call of several requests fails (an image that passed the header checks but does
 not decode), each of those requests is scored again on its own, so that only the faulty
@@ -20,13 +24,33 @@ import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 Array = npt.NDArray[np.float32]
 Image = TypeVar("Image")
+
+
+class Arrivals:
+    """Requests received whose images have not reached a batcher yet (their bodies are
+    being read and checked), counted by the HTTP layer: what an idle model waits for."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.changed = asyncio.Event()  # set whenever a request leaves the count
+
+    def arrive(self, state: dict[str, Any]) -> None:
+        """A request arrived (``state``: its own dict, e.g. the ASGI scope's)."""
+        state["arrival_counted"] = True
+        self.count += 1
+
+    def leave(self, state: dict[str, Any]) -> None:
+        """The request handed its images, or ended without (idempotent)."""
+        if state.pop("arrival_counted", False):
+            self.count -= 1
+            self.changed.set()
 
 
 @dataclass
@@ -47,7 +71,10 @@ class Batcher(Generic[Image]):
         wait_s: float,
         executor: Executor | None = None,
         on_batch: Callable[[int], None] | None = None,
+        arrivals: Arrivals | None = None,
     ) -> None:
+        """Without ``arrivals`` (callers unknown), an idle model waits ``wait_s`` for a
+        full batch once a first image is there."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self._predict = predict
@@ -55,6 +82,7 @@ class Batcher(Generic[Image]):
         self.wait_s = wait_s
         self._executor = executor
         self._on_batch = on_batch  # called with the images of each model call
+        self._arrivals = arrivals
         self._pending: list[_Pending[Image]] = []
         self._queued = 0  # images in _pending
         self._full = asyncio.Event()
@@ -89,14 +117,29 @@ class Batcher(Generic[Image]):
         self._queued -= n
         return taken
 
+    async def _gather(self) -> None:
+        """An idle model's wait for company, before its first call."""
+        if self._arrivals is None:
+            if self._queued < self.max_batch and self.wait_s > 0:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.wait_s)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        while self._queued < self.max_batch and self._arrivals.count > 0:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._arrivals.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrivals.changed.wait(), remaining)
+
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         # Only an idle model waits for company: requests that arrived while it was busy go
         # into the next call at once (waiting then would only leave the model idle).
-        if self._queued < self.max_batch and self.wait_s > 0:
-            self._full.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self.wait_s)
+        await self._gather()
         while self._pending:
             taken = self._take()
             if not taken:

@@ -1,5 +1,5 @@
-"""The API's two ASGI middlewares, around the FastAPI app: :class:`RequestLog` outside,
-then :class:`BodyLimit`.
+"""The API's ASGI middlewares, around the FastAPI app: :class:`RequestLog` outside,
+then :class:`BodyLimit`, then :class:`CountArrivals`.
 
 Plain ASGI rather than ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware``
 runs every request through a task group and memory streams, which costs more than the
@@ -19,6 +19,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.api.batching import Arrivals
 from services.api.metrics import Metrics
 from shared import logs
 
@@ -152,3 +153,25 @@ class BodyLimit(_Proxy):
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"request body above {self.max_bytes} bytes (API_MAX_UPLOAD_BYTES)"
         await error_response(413, message, request_id_of(scope))(scope, receive, send)
+
+
+class CountArrivals(_Proxy):
+    """Counts the requests to ``path`` in :class:`~services.api.batching.Arrivals` from
+    their arrival until their images reach the batcher (the route calls ``leave``) or they
+    end: an idle model waits for those."""
+
+    def __init__(self, app: ASGIApp, arrivals: Arrivals, path: str) -> None:
+        self.app = app
+        self.arrivals = arrivals
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        self.arrivals.arrive(state)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.arrivals.leave(state)

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from services.api.batching import Batcher
+from services.api.batching import Arrivals, Batcher
 
 
 def rows_of(n: int, start: float) -> list[np.ndarray]:
@@ -99,3 +99,38 @@ async def test_a_faulty_image_fails_its_own_request_not_the_others_batched_with_
     assert isinstance(results[1], ValueError)
     np.testing.assert_array_equal(results[2], other)
     assert calls == [4, 2, 1, 1]  # together, then each alone
+
+
+async def test_an_idle_model_waits_only_for_requests_already_received() -> None:
+    calls: list[int] = []
+
+    def predict(batch: list[np.ndarray]) -> np.ndarray:
+        calls.append(len(batch))
+        return np.asarray(batch)
+
+    arrivals = Arrivals()
+    batcher = Batcher(predict, max_batch=32, wait_s=30.0, arrivals=arrivals)
+    # Nobody else received: a lone request does not wait for company.
+    await asyncio.wait_for(batcher(rows_of(1, 0)), 5)
+    assert calls == [1]
+
+    # Three requests received and being read; each hands its images when read, as the
+    # route does (no await in between).
+    async def hand(state: dict[str, object], rows: list[np.ndarray]) -> np.ndarray:
+        arrivals.leave(state)
+        return await batcher(rows)
+
+    states: list[dict[str, object]] = [{}, {}, {}]
+    for state in states:
+        arrivals.arrive(state)
+    first = asyncio.create_task(hand(states[0], rows_of(1, 10)))
+    await asyncio.sleep(0.05)
+    assert calls == [1], "the model started before the requests already received"
+    second = asyncio.create_task(hand(states[1], rows_of(2, 20)))
+    await asyncio.sleep(0.05)
+    assert calls == [1]
+    arrivals.leave(states[2])  # this one ends without images (a 422, say)
+    arrivals.leave(states[2])  # leaving twice counts once
+    assert arrivals.count == 0
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert calls == [1, 3]

@@ -10,17 +10,18 @@ from typing import Any
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
+from services.api.batching import Arrivals
 from services.api.metrics import Metrics
-from services.api.middleware import BodyLimit, RequestLog
+from services.api.middleware import BodyLimit, CountArrivals, RequestLog
 
 
 async def call(
-    app: Any, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
+    app: Any, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None, path: str = "/x"
 ) -> tuple[int, dict[str, str], bytes]:
     scope: Scope = {
         "type": "http",
         "method": "POST",
-        "path": "/x",
+        "path": path,
         "headers": [(b"content-length", str(len(body)).encode()), *(headers or [])],
         "state": {},
     }
@@ -80,3 +81,23 @@ async def test_a_declared_body_over_the_limit_is_refused_with_the_request_id() -
     answer = json.loads(body)
     assert status == 413 and "API_MAX_UPLOAD_BYTES" in answer["error"]
     assert answer["request_id"] == headers["x-request-id"]
+
+
+async def test_predict_requests_are_counted_until_they_hand_their_images_or_end() -> None:
+    arrivals = Arrivals()
+    seen: list[int] = []
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(arrivals.count)
+        if scope["path"] == "/predict" and scope.get("query_string") != b"fail":
+            arrivals.leave(scope["state"])  # read: the images go to the batcher
+            seen.append(arrivals.count)
+        await ok(scope, receive, send)
+
+    app = CountArrivals(route, arrivals, "/predict")
+    await call(app, path="/predict")
+    await call(app, path="/models")
+    assert seen == [1, 0, 0] and arrivals.count == 0
+    with pytest.raises(RuntimeError):
+        await call(CountArrivals(crashing, arrivals, "/predict"), path="/predict")
+    assert arrivals.count == 0  # a request that failed is not waited for
