@@ -20,7 +20,7 @@ import pytest
 from localstack.processes import ROOT
 from shared import db
 from shared.messages import TrainingDatasetReady, TrainingParams
-from tests.integration.cli.helpers import drain
+from tests.integration.chouette.helpers import drain
 from tests.plugins import rows
 from tests.plugins.pipeline import Pipeline
 

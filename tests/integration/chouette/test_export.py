@@ -18,7 +18,7 @@ from shared.inference import BatchDecoder, Predictor
 from shared.modeling import ModelSpec, build_model
 from shared.settings import Settings
 from tests.integration.api import harness
-from tests.integration.cli.helpers import chouette
+from tests.integration.chouette.helpers import chouette
 from tests.plugins.datasets import create_dataset, photo
 
 pytestmark = pytest.mark.integration

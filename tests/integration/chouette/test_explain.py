@@ -12,7 +12,7 @@ from shared import db
 from shared.gradcam import Explainer
 from shared.settings import Settings
 from tests.integration.api import harness
-from tests.integration.cli.helpers import chouette
+from tests.integration.chouette.helpers import chouette
 from tests.plugins.datasets import create_dataset, photo
 
 pytestmark = pytest.mark.integration
