@@ -338,7 +338,9 @@ class SessionPipeline(Harness):
     """The simulator and the services of one session, on a database and a namespace of
     their own (:func:`session_pipeline`)."""
 
-    def __init__(self, env: dict[str, str], logdir: Path, database_url: str, namespace: str):
+    def __init__(
+        self, env: dict[str, str], logdir: Path, database_url: str, namespace: str
+    ) -> None:
         super().__init__(env, logdir)
         self.database_url = database_url
         self.namespace = namespace
