@@ -23,7 +23,7 @@ The three services and the CLI write a request's status, failures and (through t
 (it revokes first), so it is idempotent; :func:`shared.db.migrate` runs it after it applied
 a migration and ``chouette migrate`` runs it every time. A migration that adds a table or
 view adds it here for the roles that use it (the reader reads every relation by itself);
-``tests/integration/foundation/test_privileges.py`` states every role's privileges on every
+``tests/integration/shared/test_privileges.py`` states every role's privileges on every
 relation, and the services' tests, run as these roles, fail on a missing grant.
 """
 

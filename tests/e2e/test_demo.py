@@ -25,7 +25,7 @@ import pytest
 
 from localstack.processes import ROOT, port_open
 from localstack.servers import free_port
-from tests.conftest import delete_namespace
+from tests.plugins.servers import delete_namespace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

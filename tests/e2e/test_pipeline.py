@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import EMPTY_RANGE, LATER_RANGE, TRAIN_RANGE, Pipeline
+from tests.plugins.pipeline import EMPTY_RANGE, LATER_RANGE, TRAIN_RANGE, SessionPipeline
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -23,7 +23,7 @@ TINY = [
 _trained: dict[str, dict[str, Any]] = {}
 
 
-def train(pipeline: Pipeline, architecture: str) -> dict[str, Any]:
+def train(pipeline: SessionPipeline, architecture: str) -> dict[str, Any]:
     """Train once per architecture in the session (--wait --json); return the JSON result."""
     if architecture not in _trained:
         start, end = TRAIN_RANGE
@@ -49,7 +49,7 @@ def train(pipeline: Pipeline, architecture: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("architecture", ["ResNet50", "ResNet50V2"])
 def test_training_request_ends_evaluated_with_rows_everywhere(
-    pipeline: Pipeline, architecture: str
+    pipeline: SessionPipeline, architecture: str
 ) -> None:
     result = train(pipeline, architecture)
     assert result["status"] == "succeeded"
@@ -86,7 +86,7 @@ def test_training_request_ends_evaluated_with_rows_everywhere(
     assert len(board) >= 1
 
 
-def test_evaluating_an_existing_model_on_a_later_range(pipeline: Pipeline) -> None:
+def test_evaluating_an_existing_model_on_a_later_range(pipeline: SessionPipeline) -> None:
     trained = train(pipeline, "ResNet50V2")
     start, end = LATER_RANGE
     done = pipeline.chouette(
@@ -121,7 +121,7 @@ def test_evaluating_an_existing_model_on_a_later_range(pipeline: Pipeline) -> No
     assert listed["eval_split"] == "test"  # the registry shows the held-out metrics
 
 
-def test_a_range_without_images_fails_with_a_clear_message(pipeline: Pipeline) -> None:
+def test_a_range_without_images_fails_with_a_clear_message(pipeline: SessionPipeline) -> None:
     start, end = EMPTY_RANGE
     done = pipeline.chouette(
         "train",
@@ -160,7 +160,7 @@ def test_a_range_without_images_fails_with_a_clear_message(pipeline: Pipeline) -
     ],
 )
 def test_bad_requests_are_rejected_at_the_cli(
-    pipeline: Pipeline, argv: list[str], field: str
+    pipeline: SessionPipeline, argv: list[str], field: str
 ) -> None:
     before = pipeline.fetch("SELECT count(*) AS n FROM training_requests")[0]["n"]
     start, end = TRAIN_RANGE
@@ -172,7 +172,7 @@ def test_bad_requests_are_rejected_at_the_cli(
 
 
 def test_predict_and_report_read_the_model_from_postgres(
-    pipeline: Pipeline, tmp_path: Path
+    pipeline: SessionPipeline, tmp_path: Path
 ) -> None:
     from services.simulator.field import render
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -12,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from localstack.processes import ROOT
 from localstack.servers import PostgresServer
 from tests.plugins.pipeline import Pipeline
+from tests.plugins.servers import drain_queue
 
 # Two months of simulated field photos: ~100 training images, a few seconds per epoch.
 LONG = ("2021-05-01", "2021-06-30")
@@ -54,20 +53,14 @@ async def assert_one_model(pipeline: Pipeline, request_id: uuid.UUID) -> None:
 POSTGRES_OUTAGE_SECONDS = 60
 
 
-def start_cli(
-    env: dict[str, str], out: Path, err: Path, epochs: int = 4
-) -> subprocess.Popen[bytes]:
+def start_cli(pipeline: Pipeline, out: Path, err: Path, epochs: int = 4) -> subprocess.Popen[bytes]:
     """`chouette train --wait` on a short range, its output in files."""
     start, end = SHORT
     argv = ["train", "--start-date", start, "--end-date", end, "--arch", "ResNet50"]
     argv += ["--image-size", "32", "--epochs", str(epochs), "--batch-size", "8"]
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        return subprocess.Popen(
-            [sys.executable, "-m", "chouette", *argv, "--wait", "--timeout", "900"],
-            cwd=ROOT,
-            env=env,
-            stdout=stdout,
-            stderr=stderr,
+        return pipeline.spawn_chouette(
+            *argv, "--wait", "--timeout", "900", stdout=stdout, stderr=stderr
         )
 
 
@@ -98,13 +91,13 @@ async def postgres_down_for_a_minute_mid_stage(
             # Here, not before: entering pipeline_on resets the simulator's faults.
             simulator_server.set_faults(latency=0.5)
         pipeline.start_all()
-        await asyncio.to_thread(pipeline.stack.wait_ready, 400)
+        await asyncio.to_thread(pipeline.wait_ready, 400)
         # Submitted and followed by `chouette train --wait`, which must ride out the outage.
         out, err = tmp_path / "cli.out", tmp_path / "cli.err"
         # Training: enough epochs (a few seconds each at 32 px) that the outage, started
         # after the first, meets the training rather than a request already finished.
         epochs = 12 if stage == "training" else 4
-        cli = await asyncio.to_thread(start_cli, pipeline.base_env(), out, err, epochs)
+        cli = await asyncio.to_thread(start_cli, pipeline, out, err, epochs)
         request_id = await first_line_id(out, cli)
         if stage == "evaluating":
             # The evaluator's first request traces its inference graph: seconds of work.
@@ -177,11 +170,11 @@ async def rabbitmq_down_mid_stage(
         if stage == "fetching":  # downloads outlast the outages (set after pipeline_on)
             simulator_server.set_faults(latency=0.5 if outages == 1 else 1.5)
         pipeline.start_all()
-        await asyncio.to_thread(pipeline.stack.wait_ready, 400)
+        await asyncio.to_thread(pipeline.wait_ready, 400)
         out, err = tmp_path / "cli.out", tmp_path / "cli.err"
         # Training: enough epochs that the outage meets it (as for PostgreSQL above).
         epochs = 12 if stage == "training" else 4
-        cli = await asyncio.to_thread(start_cli, pipeline.base_env(), out, err, epochs)
+        cli = await asyncio.to_thread(start_cli, pipeline, out, err, epochs)
         request_id = await first_line_id(out, cli)
         if stage == "training":  # after the first epoch (which traces the network)
             await pipeline.wait_until(f"SELECT ({EPOCHS_OF_REQUEST}) >= 1", request_id, timeout=600)
@@ -226,19 +219,3 @@ async def rabbitmq_down_mid_stage(
         ), [(m.type, m.correlation_id) for m in events]
         for name, service in pipeline.services.items():
             assert service.popen.poll() is None, f"{name} died:\n{service.text()[-3000:]}"
-
-
-async def drain_queue(amqp_url: str, queue: str) -> list[Any]:
-    """Every message waiting in ``queue`` (acked: the queue ends empty)."""
-    import aio_pika
-
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        channel = await connection.channel()
-        amqp_queue = await channel.get_queue(queue, ensure=True)
-        messages = []
-        while (message := await amqp_queue.get(fail=False, no_ack=True)) is not None:
-            messages.append(message)
-        return messages
-    finally:
-        await connection.close()

@@ -1,23 +1,20 @@
 """Private RabbitMQ / PostgreSQL servers that a fault test may restart or reconfigure.
 
 The session's servers are shared by every test; a test that restarts a server gets its
-own, on free ports, and a :class:`Pipeline` wired to it.
+own, on free ports, and a :class:`~tests.plugins.pipeline.Pipeline` wired to it
+(``pipeline_on``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from localstack.servers import PostgresServer, RabbitServer, free_port
-from shared import db
-from shared.broker import Broker
-from shared.settings import Settings
-from tests.plugins.pipeline import Pipeline
+from tests.plugins.pipeline import PipelineFactory
 
 
 @pytest.fixture
@@ -45,36 +42,7 @@ def private_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
     server.stop()
 
 
-PipelineFactory = Callable[..., AbstractAsyncContextManager[Pipeline]]
-
-
 @pytest.fixture
 def pipeline_on(simulator_server: Any, namespace: str, tmp_path: Path) -> PipelineFactory:
     """``async with pipeline_on(amqp_url, database_url) as p:`` — services on given servers."""
-
-    @asynccontextmanager
-    async def make(
-        amqp_url: str, database_url: str, *, delivery_limit: int = 5, **env: str
-    ) -> AsyncIterator[Pipeline]:
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            amqp_url=amqp_url,
-            database_url=database_url,
-            broker_namespace=namespace,
-            broker_delivery_limit=delivery_limit,
-        )
-        pool = await db.create_pool(database_url, max_size=4)
-        await db.migrate(pool)
-        broker = Broker(amqp_url, namespace=namespace, delivery_limit=delivery_limit)
-        await broker.connect()
-        simulator_server.reset()
-        pipeline = Pipeline(settings, pool, broker, tmp_path, env={**simulator_server.env(), **env})
-        try:
-            yield pipeline
-        finally:
-            pipeline.stop_all()
-            await broker.close()
-            await pool.close()
-            simulator_server.reset()
-
-    return make
+    return PipelineFactory(simulator_server, namespace, tmp_path)

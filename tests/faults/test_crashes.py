@@ -91,7 +91,7 @@ def test_services_exit_zero_on_sigterm(pipeline: Pipeline, when: str) -> None:
     if when == "starting":
         time.sleep(1.0)
     else:
-        pipeline.stack.wait_ready(400)
+        pipeline.wait_ready(400)
     for key in list(pipeline.services):
         pipeline.signal(key, signal.SIGTERM)
     for key in list(pipeline.services):

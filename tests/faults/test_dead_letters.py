@@ -8,7 +8,6 @@ turns it into a failure row, the request ``failed`` and a ``RequestFailed`` even
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -20,9 +19,9 @@ import pytest
 from localstack.processes import ROOT
 from shared import db
 from shared.messages import TrainingDatasetReady, TrainingParams
-from tests.integration.cli.helpers import drain
 from tests.plugins import rows
 from tests.plugins.pipeline import Pipeline
+from tests.plugins.servers import drain_queue
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -51,7 +50,7 @@ async def test_a_handler_that_kills_its_process_ends_the_request_failed(
             training=TrainingParams(architecture="ResNet50", epochs=1, image_size=32),
         )
     )
-    env = pipeline.base_env()
+    env = pipeline.env
     killed = 0
     status = None
     log = tmp_path / "crash_loop.log"
@@ -86,21 +85,14 @@ async def test_a_handler_that_kills_its_process_ends_the_request_failed(
         "SELECT count(*) FROM failures WHERE request_id = $1", request_id
     )
     assert failures == 1
-    events = await drain(pipeline.settings, "events")
+    namespace = pipeline.settings.broker_namespace
+    events = await drain_queue(pipeline.settings.amqp_url.get_secret_value(), f"{namespace}.events")
     assert any(e.type == "RequestFailed" and e.correlation_id == str(request_id) for e in events), [
         e.type for e in events
     ]
 
     # `chouette status ID` says why.
-    cli = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "chouette", "status", str(request_id)],
-        cwd=ROOT,
-        env={**env, "PYTHONPATH": os.fspath(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    cli = await asyncio.to_thread(pipeline.chouette, "status", str(request_id), timeout=60)
     assert cli.returncode == 0, cli.stderr
     assert "failed" in cli.stdout
     assert "dead-lettered by RabbitMQ" in cli.stdout, cli.stdout

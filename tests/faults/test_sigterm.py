@@ -56,7 +56,7 @@ async def test_sigterm_with_rabbitmq_stopped(
     rabbit: RabbitServer = await asyncio.to_thread(private_rabbit)
     async with pipeline_on(rabbit.url, db_url) as pipeline:
         pipeline.start_all()
-        await asyncio.to_thread(pipeline.stack.wait_ready, 400)
+        await asyncio.to_thread(pipeline.wait_ready, 400)
         await asyncio.to_thread(rabbit.stop)
         await asyncio.sleep(3)  # the services notice and start reconnecting
         try:
@@ -70,7 +70,7 @@ async def test_sigterm_with_postgres_stopped_mid_request(
 ) -> None:
     async with pipeline_on(servers.amqp_url, private_postgres.url) as pipeline:
         pipeline.start_all()
-        await asyncio.to_thread(pipeline.stack.wait_ready, 400)
+        await asyncio.to_thread(pipeline.wait_ready, 400)
         request_id = await pipeline.submit_training(*SHORT, epochs=3)
         await pipeline.wait_until(
             "SELECT 1 FROM training_requests WHERE id = $1 AND stage = 'training'",
@@ -112,7 +112,7 @@ async def test_sigterm_with_postgres_frozen(
     async with pipeline_on(servers.amqp_url, private_postgres.url) as pipeline:
         pipeline.start("fetcher")
         pipeline.start("evaluator")
-        await asyncio.to_thread(pipeline.stack.wait_ready, 400)
+        await asyncio.to_thread(pipeline.wait_ready, 400)
         frozen = postgres_processes(private_postgres)
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
@@ -129,7 +129,7 @@ async def test_sigterm_with_a_handler_stuck(pipeline: Pipeline, simulator_server
     request it was working on is redelivered to the next fetcher."""
     simulator_server.set_faults(hang_first=1, fail_on="listing", hang_seconds=600)
     pipeline.start("fetcher", FETCHER_REQUEST_TIMEOUT="600")
-    await asyncio.to_thread(pipeline.stack.wait_ready, 400)
+    await asyncio.to_thread(pipeline.wait_ready, 400)
     request_id = await pipeline.submit_training(*SHORT)
     await pipeline.wait_until(
         "SELECT 1 FROM training_requests WHERE id = $1 AND stage = 'fetching'", request_id

@@ -66,7 +66,7 @@ async def test_stalling_bodies_are_dead_lettered_and_the_next_message_is_handled
     pipeline: Pipeline, service: str
 ) -> None:
     pipeline.start(service)
-    await asyncio.to_thread(pipeline.stack.wait_ready, 400)
+    await asyncio.to_thread(pipeline.wait_ready, 400)
     exchange = pipeline.broker._exchange
     assert exchange is not None
     for _, body, _ in STALLING:

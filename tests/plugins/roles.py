@@ -5,8 +5,8 @@ each a member of its group role from :mod:`shared.privileges` (the template data
 migration created those and their grants), with a random password.
 ``role_env(db_url, logins, amqp_url)`` is the environment that makes every process of a
 pipeline connect to ``db_url`` as its own role, to RabbitMQ as its own user, and never
-migrate nor declare: the services' harnesses use it, so their tests prove that each role's
-grants and each user's permissions are enough.
+migrate nor declare: the services' harness (``tests/plugins/pipeline.py``) uses it, so its
+tests prove that each role's grants and each user's permissions are enough.
 """
 
 from __future__ import annotations

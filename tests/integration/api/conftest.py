@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
 from shared.settings import ApiSettings
-from tests.conftest import TEMPLATE_DB, Servers
-from tests.integration.api import harness
-
-TOKEN = "test-token-" + uuid.uuid4().hex
-LIMITS = {"max_images": 4, "max_image_pixels": 100 * 100, "max_upload_bytes": 1 << 20}
-
-
-@dataclass
-class Api:
-    url: str
-    seeded: harness.Seeded
-    model: Any  # the Keras model whose weights the champion holds
-    thread: harness.ApiThread
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {TOKEN}"}
+from tests.integration.api.helpers import LIMITS, TOKEN, Api, ApiThread
+from tests.plugins.models import seed
+from tests.plugins.servers import Servers, create_database, drop_database
 
 
 @pytest.fixture(scope="module")
 def api(servers: Servers) -> Iterator[Api]:
-    database_url = servers.database(f"api_{uuid.uuid4().hex[:12]}")
-    harness.run(harness.create_database(servers.database_url, TEMPLATE_DB, database_url))
+    name = f"api_{uuid.uuid4().hex[:12]}"
+    database_url = asyncio.run(create_database(servers, name))
     try:
-        seeded, model = harness.run(harness.seed(database_url))
+        seeded, model = asyncio.run(seed(database_url))
         settings = ApiSettings(
             _env_file=None,  # type: ignore[call-arg]
             token=TOKEN,
@@ -42,11 +27,11 @@ def api(servers: Servers) -> Iterator[Api]:
             **LIMITS,
         )
         # No periodic re-read within a test run: a champion change is seen through NOTIFY.
-        thread = harness.ApiThread(database_url, settings, recheck_s=600.0)
+        thread = ApiThread(database_url, settings, recheck_s=600.0)
         thread.start()
         try:
             yield Api(thread.url, seeded, model, thread)
         finally:
             thread.stop()
     finally:
-        harness.run(harness.drop_database(servers.database_url, database_url))
+        asyncio.run(drop_database(servers, name))

@@ -21,8 +21,8 @@ from PIL import Image
 from shared import champions, db
 from shared.inference import BatchDecoder, Predictor
 from shared.logs import _RequestIdFilter
-from tests.integration.api import harness
-from tests.integration.api.conftest import Api
+from tests.integration.api.helpers import Api
+from tests.plugins import models
 from tests.plugins.datasets import photo
 
 pytestmark = pytest.mark.integration
@@ -118,7 +118,7 @@ async def test_models_lists_the_registry_and_one_model_has_its_evaluations(api: 
 
     status, detail, _ = await call(api, "GET", f"/models/{s.champion_id}")
     assert status == 200
-    assert detail["class_names"] == list(harness.CLASSES)
+    assert detail["class_names"] == list(models.CLASSES)
     assert detail["champion"] is True and detail["status"] == "trained"
     [evaluation] = detail["evaluations"]
     assert evaluation["evaluation_id"] == s.evaluation_id
@@ -136,13 +136,13 @@ async def test_predict_gives_the_evaluators_probabilities(api: Api) -> None:
     status, body, _ = await call(api, "POST", "/predict", data=form(images))
     assert status == 200, body
     assert body["model_id"] == api.seeded.champion_id
-    assert body["class_names"] == list(harness.CLASSES)
+    assert body["class_names"] == list(models.CLASSES)
     expected = Predictor(api.model, 32)(BatchDecoder(32)([b for _, b in images]))
     for prediction, row, (name, _) in zip(body["predictions"], expected, images, strict=True):
         assert prediction["image"] == name
-        probs = [prediction["probabilities"][c] for c in harness.CLASSES]
+        probs = [prediction["probabilities"][c] for c in models.CLASSES]
         np.testing.assert_allclose(probs, row, atol=1e-5)
-        assert prediction["predicted"] == harness.CLASSES[int(np.argmax(row))]
+        assert prediction["predicted"] == models.CLASSES[int(np.argmax(row))]
 
     status, body, _ = await call(
         api, "POST", "/predict", data=form(images[:1], model=api.seeded.other_id)
@@ -150,7 +150,7 @@ async def test_predict_gives_the_evaluators_probabilities(api: Api) -> None:
     assert status == 200, body
     assert body["model_id"] == api.seeded.other_id
     np.testing.assert_allclose(
-        [body["predictions"][0]["probabilities"][c] for c in harness.CLASSES],
+        [body["predictions"][0]["probabilities"][c] for c in models.CLASSES],
         expected[0],
         atol=1e-5,
     )
@@ -228,7 +228,7 @@ async def test_explain_answers_the_grad_cam_overlay_of_one_image(api: Api) -> No
         assert resp.content_type == "image/png"
         png_bytes = await resp.read()
         headers = resp.headers
-    expected = Explainer(api.model, harness.SPEC).explain(data)
+    expected = Explainer(api.model, models.SPEC).explain(data)
     assert headers["X-Model-Id"] == str(api.seeded.champion_id)
     assert headers["X-Explained-Class"] == expected.class_name == headers["X-Predicted-Class"]
     assert float(headers["X-Probability"]) == pytest.approx(expected.probability, abs=1e-5)
@@ -309,7 +309,7 @@ async def test_a_model_that_cannot_load_is_an_error_without_a_stack_trace(api: A
     pool = await db.create_pool(api.seeded.database_url)
     try:
         async with pool.acquire() as con:
-            broken = await harness.copy_model(con, api.seeded.champion_id)
+            broken = await models.copy_model(con, api.seeded.champion_id)
             await con.execute("DELETE FROM model_weights WHERE model_id = $1 AND part = 1", broken)
     finally:
         await pool.close()

@@ -22,9 +22,9 @@ import pytest
 
 from localstack.servers import CHROMEDRIVER, CHROMIUM
 from shared import db
-from tests.integration.api import harness
-from tests.integration.api.conftest import TOKEN, Api
+from tests.integration.api.helpers import TOKEN, Api, run
 from tests.integration.api.test_api import call
+from tests.plugins import models
 from tests.plugins.datasets import create_request
 
 pytestmark = pytest.mark.integration
@@ -58,10 +58,10 @@ async def _seed_page(api: Api) -> Page:
         for row in images:
             tag = row["tag"]
             predicted = (
-                next(c for c in harness.CLASSES if c != tag) if row["sha256"] in wrong else tag
+                next(c for c in models.CLASSES if c != tag) if row["sha256"] in wrong else tag
             )
             p = wrong.get(row["sha256"], 0.8)
-            probabilities = {c: (p if c == predicted else (1 - p) / 2) for c in harness.CLASSES}
+            probabilities = {c: (p if c == predicted else (1 - p) / 2) for c in models.CLASSES}
             await pool.execute(
                 "INSERT INTO predictions (evaluation_id, sha256, true_label, predicted,"
                 " probabilities) VALUES ($1, $2, $3, $4, $5)",
@@ -89,7 +89,7 @@ async def _seed_page(api: Api) -> Page:
 
 @pytest.fixture(scope="module")
 def page(api: Api) -> Page:
-    return harness.run(_seed_page(api))  # type: ignore[no-any-return]
+    return run(_seed_page(api))  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +301,7 @@ async def _advance(page: Page) -> uuid.UUID:
 def test_page_follows_changes_and_shows_errors_as_text(page: Page, browser: Any) -> None:
     browser.get(f"{page.api.url}/#token={TOKEN}")
     _wait(browser, "progress bar", _in_request_row(page.request_id, "progress"))
-    failed = harness.run(_advance(page))
+    failed = run(_advance(page))
     value = _wait(
         browser,
         "progress 3/5 without reloading",

@@ -28,8 +28,8 @@ from shared.messages import (
 )
 from shared.runtime import make_failure_sink
 from tests.plugins import rows
+from tests.plugins.fetcher import SleepRecorder, fetcher_settings
 from tests.plugins.simulator import SimulatorHandle
-from tests.unit.fetcher.conftest import SleepRecorder, fetcher_settings
 
 pytestmark = pytest.mark.integration
 

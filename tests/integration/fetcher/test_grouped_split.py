@@ -22,8 +22,8 @@ from services.simulator import field
 from shared import db
 from shared.errors import PermanentError
 from shared.messages import DatasetSpec, TrainingParams, TrainingRequested
+from tests.plugins.fetcher import SleepRecorder, fetcher_settings
 from tests.plugins.simulator import SimulatorHandle
-from tests.unit.fetcher.conftest import SleepRecorder, fetcher_settings
 
 pytestmark = pytest.mark.integration
 

@@ -1,41 +1,17 @@
-"""A fetcher client wired to the in-process simulator, with recorded (instant) backoff."""
+"""A fetcher client wired to the in-process simulator, with recorded (instant) backoff
+(its helpers: ``tests/plugins/fetcher.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
 
 from services.fetcher.client import ChouetteClient
-from shared.settings import FetcherSettings
+from tests.plugins.fetcher import ClientFactory, SleepRecorder, fetcher_settings
 from tests.plugins.simulator import SimulatorHandle
-
-
-class SleepRecorder:
-    """Stands in for asyncio.sleep in the client's backoff: records, returns at once."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-
-
-def fetcher_settings(**overrides: Any) -> FetcherSettings:
-    values: dict[str, Any] = {
-        "concurrency": 8,
-        "request_timeout": 5.0,
-        "max_retries": 3,
-        "backoff_base": 0.01,
-        "backoff_max": 0.05,
-    }
-    values.update(overrides)
-    return FetcherSettings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
-ClientFactory = Callable[..., AbstractAsyncContextManager[ChouetteClient]]
 
 
 @pytest.fixture

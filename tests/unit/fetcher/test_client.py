@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestServer
 from services.fetcher.client import ChouetteClient, parse_retry_after, parse_timestamp
 from services.fetcher.validation import ImageRejected, validate_image
 from shared.errors import CredentialsRejected, PermanentError, RetryableError
+from tests.plugins.fetcher import ClientFactory, SleepRecorder, fetcher_settings
 from tests.plugins.simulator import SimulatorHandle
-from tests.unit.fetcher.conftest import ClientFactory, SleepRecorder, fetcher_settings
 
 START, END = dt.date(2021, 6, 1), dt.date(2021, 6, 7)  # vine 10, ground 8, grass 3
 

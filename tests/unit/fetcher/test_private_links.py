@@ -14,7 +14,7 @@ from PIL import Image
 from services.fetcher.client import ChouetteClient
 from services.fetcher.validation import ImageRejected
 from shared.settings import Settings
-from tests.unit.fetcher.conftest import fetcher_settings
+from tests.plugins.fetcher import fetcher_settings
 
 
 def _jpeg() -> bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def module_name(path: Path) -> str:
@@ -224,3 +224,50 @@ def test_nothing_points_outside_the_repository() -> None:
         if OUTSIDE.search(line)
     ]
     assert not found, "references to documents outside the repository:\n" + "\n".join(found)
+
+
+TESTS = sorted((ROOT / "tests").glob("**/*.py"))
+
+
+def conftest_imports(code: str) -> list[str]:
+    """Imports of a conftest module anywhere in ``code`` (``tests.conftest``, ``from tests.x
+    import conftest``, ``from .conftest import y``...): pytest loads conftest files itself,
+    and a module importing one runs it a second time under another name."""
+    found = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = "." * node.level + (node.module or "")
+            names = [module, *(f"{module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        if any("conftest" in name.split(".") for name in names):
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_conftest_check_finds_every_form() -> None:
+    """Guards the test below against a walk that cannot see such an import."""
+    for code in (
+        "from tests.conftest import Servers\n",
+        "import tests.e2e.conftest\n",
+        "from tests.unit.fetcher import conftest\n",
+        "from .conftest import x\n",
+        "from . import conftest\n",
+        "def f():\n    from tests.conftest import TEMPLATE_DB\n",
+    ):
+        assert conftest_imports(code), code
+    assert conftest_imports("from tests.plugins.servers import Servers\n") == []
+    assert ROOT / "tests" / "conftest.py" in TESTS
+
+
+def test_no_test_module_imports_a_conftest() -> None:
+    """Conftest files define and register fixtures; what tests share lives in ordinary
+    modules (``tests/plugins/``, or a helpers module beside the tests)."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in TESTS
+        for line in conftest_imports(path.read_text())
+    ]
+    assert not found, "imports from conftest modules:\n" + "\n".join(found)

@@ -10,8 +10,8 @@ import pytest
 
 from shared import db, weight_store
 from shared.settings import Settings
-from tests.integration.cli import seed
-from tests.integration.cli.helpers import chouette
+from tests.integration.chouette import seed
+from tests.integration.chouette.helpers import chouette
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from chouette.errors import UsageError
 from shared import db
 from shared.gradcam import Explainer
 from shared.settings import Settings
-from tests.integration.api import harness
-from tests.integration.cli.helpers import chouette
+from tests.integration.chouette.helpers import chouette
+from tests.plugins import models
 from tests.plugins.datasets import create_dataset, photo
 
 pytestmark = pytest.mark.integration
@@ -22,8 +22,8 @@ async def test_explain_writes_one_overlay_per_image(
     pool: db.Pool, settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dataset_id = await create_dataset(pool, per_class={"vine": 1, "ground": 1, "grass": 1})
-    model = harness.tiny_model()
-    model_id = await harness.store_model(pool, model, dataset_id)
+    model = models.tiny_model()
+    model_id = await models.store_model(pool, model, dataset_id)
     (tmp_path / "a").mkdir()
     images = [tmp_path / "vine.jpg", tmp_path / "a" / "vine.jpg", tmp_path / "grass.jpg"]
     blobs = [photo("vine", 0, width=80, height=60), photo("vine", 1), photo("grass", 2)]
@@ -38,7 +38,7 @@ async def test_explain_writes_one_overlay_per_image(
 
     assert code == 0
     result = json.loads(capsys.readouterr().out)
-    explainer = Explainer(model, harness.SPEC)
+    explainer = Explainer(model, models.SPEC)
     names = ["vine.gradcam.png", "vine-2.gradcam.png", "grass.gradcam.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
     for entry, blob, name in zip(result["explanations"], blobs, names, strict=True):
@@ -58,9 +58,9 @@ async def test_report_gallery_shows_the_misclassified_images_with_their_overlays
     pool: db.Pool, settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dataset_id = await create_dataset(pool, per_class={"vine": 2, "ground": 2, "grass": 2})
-    model = harness.tiny_model()
-    model_id = await harness.store_model(pool, model, dataset_id)
-    evaluation_id = await harness.add_evaluation(pool, model_id, dataset_id, 0.6)
+    model = models.tiny_model()
+    model_id = await models.store_model(pool, model, dataset_id)
+    evaluation_id = await models.add_evaluation(pool, model_id, dataset_id, 0.6)
     images = await pool.fetch(
         "SELECT di.sha256, di.tag, i.bytes FROM dataset_images di"
         " JOIN images i ON i.sha256 = di.sha256 WHERE di.dataset_id = $1 ORDER BY di.sha256",
@@ -68,12 +68,12 @@ async def test_report_gallery_shows_the_misclassified_images_with_their_overlays
     )
 
     def other(tag: str) -> str:
-        return harness.CLASSES[(harness.CLASSES.index(tag) + 1) % 3]
+        return models.CLASSES[(models.CLASSES.index(tag) + 1) % 3]
 
     wrong = {r["sha256"]: other(r["tag"]) for r in (images[0], images[3])}
     for row in images:
         predicted = wrong.get(row["sha256"], row["tag"])
-        probs = {c: (0.8 if c == predicted else 0.1) for c in harness.CLASSES}
+        probs = {c: (0.8 if c == predicted else 0.1) for c in models.CLASSES}
         probs[predicted] = 0.9 if row["sha256"] == images[3]["sha256"] else 0.8
         await pool.execute(
             "INSERT INTO predictions (evaluation_id, sha256, true_label, predicted, probabilities)"
@@ -85,7 +85,7 @@ async def test_report_gallery_shows_the_misclassified_images_with_their_overlays
     assert await chouette(settings, "report", str(model_id), "--out", str(out), "--gallery") == 0
     printed = capsys.readouterr().out.splitlines()
 
-    explainer = Explainer(model, harness.SPEC)
+    explainer = Explainer(model, models.SPEC)
     first, second = images[3], images[0]  # the most confident mistake first (0.9, then 0.8)
     files = sorted((out / "misclassified").iterdir())
     assert [f.name for f in files] == sorted(

@@ -18,8 +18,8 @@ from shared.messages import (
     TrainingParams,
 )
 from shared.settings import Settings
-from tests.integration.cli import seed
-from tests.integration.cli.helpers import chouette
+from tests.integration.chouette import seed
+from tests.integration.chouette.helpers import chouette
 
 pytestmark = pytest.mark.integration
 

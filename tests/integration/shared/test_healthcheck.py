@@ -7,7 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from shared import healthcheck
-from tests.conftest import Servers
+from tests.plugins.servers import Servers
 
 pytestmark = pytest.mark.integration
 

@@ -1,44 +1,21 @@
-"""A tiny trained model in PostgreSQL and the API served from a thread, over real HTTP."""
+"""Tiny trained models in PostgreSQL, as the trainer and the evaluator leave them: for the
+API's and the CLI's integration tests (no training, a few gradient steps on random pixels)."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import numpy as np
-import uvicorn
 
-from localstack.servers import free_port
 from shared import db, weight_store
 from shared.modeling import ModelSpec, build_model
-from shared.settings import ApiSettings
 from tests.plugins.datasets import create_dataset, create_request
 
 CLASSES = ("vine", "ground", "grass")
 SPEC = ModelSpec(architecture="ResNet50V2", image_size=32, class_names=CLASSES, dropout=0.0)
-
-
-async def create_database(admin_url: str, template: str, database_url: str) -> None:
-    name = database_url.rsplit("/", 1)[1]
-    con = await asyncpg.connect(admin_url)
-    try:
-        await con.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    finally:
-        await con.close()
-
-
-async def drop_database(admin_url: str, database_url: str) -> None:
-    name = database_url.rsplit("/", 1)[1]
-    con = await asyncpg.connect(admin_url)
-    try:
-        await con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await con.close()
 
 
 def tiny_model(seed: int = 0) -> Any:
@@ -163,40 +140,3 @@ async def seed(database_url: str) -> tuple[Seeded, Any]:
     finally:
         await pool.close()
     return Seeded(database_url, dataset_id, champion_id, other_id, evaluation_id), model
-
-
-class ApiThread:
-    """The API app (``services.api``) under uvicorn on a free loopback port, in a thread of
-    its own with its own event loop, for the tests of one module."""
-
-    def __init__(self, database_url: str, settings: ApiSettings, **lifespan_kw: Any) -> None:
-        from services.api.app import create_app
-        from services.api.resources import lifespan
-        from services.api.version import version_info
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(settings, lifespan(database_url, settings, **lifespan_kw),
-                              version_info())  # fmt: skip
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
-            lifespan="on",
-        )  # fmt: skip
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="api", daemon=True)
-
-    def start(self, timeout: float = 120) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the API did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)

@@ -16,8 +16,8 @@ from localstack.processes import ROOT, port_open
 from localstack.servers import free_port
 from shared import db
 from shared.settings import Settings
-from tests.integration.cli import seed
-from tests.integration.cli.helpers import drain
+from tests.integration.chouette import seed
+from tests.integration.chouette.helpers import drain
 
 pytestmark = pytest.mark.integration
 

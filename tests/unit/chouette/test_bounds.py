@@ -8,7 +8,7 @@ from chouette.app import main
 from chouette.errors import UsageError
 from chouette.parser import build_parser
 from chouette.submit import evaluation_request
-from tests.unit.cli.test_validation import train
+from tests.unit.chouette.test_validation import train
 
 TOO_BIG = str(2**63)  # one above PostgreSQL's bigint
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from shared import db
-from tests.integration.cli import seed
-from tests.integration.cli.test_follow import _play_pipeline
+from tests.integration.chouette import seed
+from tests.integration.chouette.test_follow import _play_pipeline
 
 pytestmark = pytest.mark.integration
 

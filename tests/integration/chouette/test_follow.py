@@ -13,8 +13,8 @@ from chouette.follow import RECHECK_S, watch
 from shared import db
 from shared.request_state import Progress, Stage
 from shared.settings import Settings
-from tests.integration.cli import seed
-from tests.integration.cli.helpers import chouette, drain
+from tests.integration.chouette import seed
+from tests.integration.chouette.helpers import chouette, drain
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from services.evaluator import store
 from services.evaluator.metrics import Metrics
 from shared import db
 from shared.settings import Settings
-from tests.integration.cli import seed
-from tests.integration.cli.helpers import chouette
+from tests.integration.chouette import seed
+from tests.integration.chouette.helpers import chouette
 from tests.integration.evaluator import rows
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ from shared import db
 from shared.broker import Broker
 from shared.messages import TrainingRequested
 from shared.settings import Settings
-from tests.integration.cli import seed
-from tests.integration.cli.helpers import chouette, drain
+from tests.integration.chouette import seed
+from tests.integration.chouette.helpers import chouette, drain
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 
 from chouette import queries
 from shared import db
-from tests.integration.cli import seed
+from tests.integration.chouette import seed
 
 pytestmark = pytest.mark.integration
 

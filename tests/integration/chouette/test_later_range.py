@@ -13,8 +13,8 @@ import pytest
 from chouette import queries
 from shared import db
 from shared.settings import Settings
-from tests.integration.cli import seed
-from tests.integration.cli.helpers import chouette
+from tests.integration.chouette import seed
+from tests.integration.chouette.helpers import chouette
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from shared import db
 from shared.inference import BatchDecoder, Predictor
 from shared.modeling import ModelSpec, build_model
 from shared.settings import Settings
-from tests.integration.api import harness
-from tests.integration.cli.helpers import chouette
+from tests.integration.chouette.helpers import chouette
+from tests.plugins import models
 from tests.plugins.datasets import create_dataset, photo
 
 pytestmark = pytest.mark.integration
@@ -56,9 +56,9 @@ async def test_exports_load_without_the_project_and_predict_as_the_evaluator(
 ) -> None:
     dataset_id = await create_dataset(pool, per_class={"vine": 1, "ground": 1, "grass": 1})
     keras.utils.set_random_seed(5)
-    spec = ModelSpec(architecture="ResNet50", image_size=32, class_names=harness.CLASSES)
+    spec = ModelSpec(architecture="ResNet50", image_size=32, class_names=models.CLASSES)
     model = build_model(spec)  # v1: its Caffe preprocessing is this project's layer
-    model_id = await harness.store_model(pool, model, dataset_id, spec)
+    model_id = await models.store_model(pool, model, dataset_id, spec)
     blobs = [photo("vine", 0), photo("ground", 1), photo("grass", 2)]
     pixels = BatchDecoder(32)(blobs)
     expected = Predictor(model, 32)(pixels)
