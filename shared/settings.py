@@ -218,8 +218,9 @@ class ApiSettings(BaseSettings):
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(50_000_000, ge=1)
     max_images: int = Field(64, ge=1)
-    # Concurrent /predict calls are scored together: up to this many images per batch; an
-    # idle model waits at most this long for requests already received (still being read).
+    # Concurrent /predict calls are scored together: up to this many images per batch;
+    # before a call, the model waits at most this long for as many images as requests were
+    # open at once lately.
     batch_size: int = Field(32, ge=1)
     batch_wait_ms: float = Field(5.0, ge=0)
     # Networks kept loaded (the champion and recently asked-for models).

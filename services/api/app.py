@@ -24,12 +24,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api import handlers
-from services.api.batching import Arrivals
+from services.api.batching import Concurrency
 from services.api.figures import PngCache
 from services.api.metrics import CONTENT_TYPE, Metrics
 from services.api.middleware import (
     BodyLimit,
-    CountArrivals,
+    CountConcurrency,
     RequestLog,
     error_response,
     request_id_of,
@@ -69,8 +69,8 @@ class Resources:
     overlays: PngCache = field(default_factory=PngCache)
 
 
-# Opens the resources; the model server's batchers wait for the arrivals the app counts.
-Lifespan = Callable[[Metrics, Arrivals], AbstractAsyncContextManager[Resources]]
+# Opens the resources; the model server's batchers expect the concurrency the app counts.
+Lifespan = Callable[[Metrics, Concurrency], AbstractAsyncContextManager[Resources]]
 
 
 # Dependencies are ``async def``: FastAPI runs a plain ``def`` one in a worker thread, a
@@ -84,13 +84,13 @@ Res = Annotated[Resources, Depends(_resources)]
 
 def create_app(settings: ApiSettings, lifespan: Lifespan, version: dict[str, Any]) -> FastAPI:
     metrics = Metrics()
-    arrivals = Arrivals()
+    concurrency = Concurrency()
     limits = Limits(settings.max_upload_bytes, settings.max_image_pixels, settings.max_images)
     token = settings.token.get_secret_value()
 
     @asynccontextmanager
     async def app_lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with lifespan(metrics, arrivals) as resources:
+        async with lifespan(metrics, concurrency) as resources:
             app.state.resources = resources
             yield
 
@@ -181,12 +181,10 @@ def create_app(settings: ApiSettings, lifespan: Lifespan, version: dict[str, Any
         dependencies=[Auth],
     )
     async def post_predict(
-        request: Request,
         res: Res,
         images: Annotated[list[UploadFile] | None, File(description="image files")] = None,
         model: Annotated[int | None, Form(ge=1, le=MAX_MODEL_ID)] = None,
     ) -> dict[str, Any]:
-        arrivals.leave(request.scope["state"])  # read: its images go to the batcher now
         blobs = [(f.filename or f"image{i}", await f.read()) for i, f in enumerate(images or [])]
         served, body = await handlers.predict(res.server, blobs, model, limits)
         for p in body["predictions"]:
@@ -315,7 +313,7 @@ def create_app(settings: ApiSettings, lifespan: Lifespan, version: dict[str, Any
             metrics.model_served.clear()
         return Response(metrics.text(), media_type=CONTENT_TYPE)
 
-    counted = CountArrivals(app, arrivals, "/predict")
+    counted = CountConcurrency(app, concurrency, "/predict")
     return RequestLog(BodyLimit(counted, settings.max_upload_bytes), metrics)  # type: ignore[return-value]
 
 

@@ -5,12 +5,14 @@ image, so the API does not call the model per request: each request's images (en
 decoding is batched too) join a pending list, and one drain task takes up to
 ``max_batch`` images, runs the model in a worker thread (never on the event loop) and
 hands each request its own rows. Only one model call runs at a time per batcher: while
-it runs, the next batch fills up, and goes into the next call at once.
+it runs, the next batch fills up.
 
-An idle model waits, at most ``wait_s``, only for requests the server has already
-received and is still reading (:class:`Arrivals`): a lone request is scored at once,
-and a burst of requests (16 clients answered together send their next photos together)
-fills one call instead of starting it with the first few.
+Before each call the model waits, at most ``wait_s``, until the batch holds as many
+images as there were requests open at once lately (:class:`Concurrency`, counted by the
+HTTP layer), never more than ``max_batch``. A lone client's request is scored at once;
+16 clients answered together, who send their next photos within a few milliseconds, fill
+calls of 16, not calls of the first few, then of the rest (a smaller batch costs more
+per image).
 
 When a call of several requests fails (an image that passed the header checks but does
 not decode), each of those requests is scored again on its own, so that only the faulty
@@ -21,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -33,24 +36,31 @@ Array = npt.NDArray[np.float32]
 Image = TypeVar("Image")
 
 
-class Arrivals:
-    """Requests received whose images have not reached a batcher yet (their bodies are
-    being read and checked), counted by the HTTP layer: what an idle model waits for."""
+class Concurrency:
+    """The ``/predict`` requests open now (received, not answered yet) and the most open
+    at once within the last ``window_s``: how many an idle model may expect together."""
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.changed = asyncio.Event()  # set whenever a request leaves the count
+    def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.open = 0
+        self.window_s = window_s
+        self._clock = clock
+        self._peak = 0
+        self._peak_at = clock()
 
-    def arrive(self, state: dict[str, Any]) -> None:
-        """A request arrived (``state``: its own dict, e.g. the ASGI scope's)."""
-        state["arrival_counted"] = True
-        self.count += 1
+    def enter(self) -> None:
+        self.open += 1
+        now = self._clock()
+        if self.open >= self._peak or now - self._peak_at > self.window_s:
+            self._peak, self._peak_at = self.open, now
 
-    def leave(self, state: dict[str, Any]) -> None:
-        """The request handed its images, or ended without (idempotent)."""
-        if state.pop("arrival_counted", False):
-            self.count -= 1
-            self.changed.set()
+    def exit(self) -> None:
+        self.open -= 1
+
+    def expected(self) -> int:
+        """Requests an idle model may expect together: the recent peak, else those open."""
+        if self._clock() - self._peak_at > self.window_s:
+            return self.open
+        return max(self._peak, self.open)
 
 
 @dataclass
@@ -71,9 +81,9 @@ class Batcher(Generic[Image]):
         wait_s: float,
         executor: Executor | None = None,
         on_batch: Callable[[int], None] | None = None,
-        arrivals: Arrivals | None = None,
+        concurrency: Concurrency | None = None,
     ) -> None:
-        """Without ``arrivals`` (callers unknown), an idle model waits ``wait_s`` for a
+        """Without ``concurrency`` (callers unknown), an idle model waits ``wait_s`` for a
         full batch once a first image is there."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -82,10 +92,10 @@ class Batcher(Generic[Image]):
         self.wait_s = wait_s
         self._executor = executor
         self._on_batch = on_batch  # called with the images of each model call
-        self._arrivals = arrivals
+        self._concurrency = concurrency
         self._pending: list[_Pending[Image]] = []
         self._queued = 0  # images in _pending
-        self._full = asyncio.Event()
+        self._grown = asyncio.Event()  # images were queued
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # model calls made (tests, metrics)
         self.images = 0
@@ -96,8 +106,7 @@ class Batcher(Generic[Image]):
         future: asyncio.Future[Array] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(images, future))
         self._queued += len(images)
-        if self._queued >= self.max_batch:
-            self._full.set()
+        self._grown.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain())
         return await future
@@ -118,29 +127,25 @@ class Batcher(Generic[Image]):
         return taken
 
     async def _gather(self) -> None:
-        """An idle model's wait for company, before its first call."""
-        if self._arrivals is None:
-            if self._queued < self.max_batch and self.wait_s > 0:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.wait_s)
-            return
+        """The wait for company before a model call: until ``target`` images are queued,
+        at most ``wait_s``."""
+        target = self.max_batch
+        if self._concurrency is not None:
+            target = min(target, self._concurrency.expected())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
-        while self._queued < self.max_batch and self._arrivals.count > 0:
+        while self._queued < target:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            self._arrivals.changed.clear()
+            self._grown.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrivals.changed.wait(), remaining)
+                await asyncio.wait_for(self._grown.wait(), remaining)
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
-        # Only an idle model waits for company: requests that arrived while it was busy go
-        # into the next call at once (waiting then would only leave the model idle).
-        await self._gather()
         while self._pending:
+            await self._gather()
             taken = self._take()
             if not taken:
                 continue

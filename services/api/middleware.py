@@ -1,5 +1,5 @@
 """The API's ASGI middlewares, around the FastAPI app: :class:`RequestLog` outside,
-then :class:`BodyLimit`, then :class:`CountArrivals`.
+then :class:`BodyLimit`, then :class:`CountConcurrency`.
 
 Plain ASGI rather than ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware``
 runs every request through a task group and memory streams, which costs more than the
@@ -19,7 +19,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.api.batching import Arrivals
+from services.api.batching import Concurrency
 from services.api.metrics import Metrics
 from shared import logs
 
@@ -155,23 +155,21 @@ class BodyLimit(_Proxy):
         await error_response(413, message, request_id_of(scope))(scope, receive, send)
 
 
-class CountArrivals(_Proxy):
-    """Counts the requests to ``path`` in :class:`~services.api.batching.Arrivals` from
-    their arrival until their images reach the batcher (the route calls ``leave``) or they
-    end: an idle model waits for those."""
+class CountConcurrency(_Proxy):
+    """Counts the requests to ``path`` open at once
+    (:class:`~services.api.batching.Concurrency`): the batch an idle model waits for."""
 
-    def __init__(self, app: ASGIApp, arrivals: Arrivals, path: str) -> None:
+    def __init__(self, app: ASGIApp, concurrency: Concurrency, path: str) -> None:
         self.app = app
-        self.arrivals = arrivals
+        self.concurrency = concurrency
         self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path:
             await self.app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
-        self.arrivals.arrive(state)
+        self.concurrency.enter()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.arrivals.leave(state)
+            self.concurrency.exit()

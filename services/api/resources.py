@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 
 from services.api.app import Resources
-from services.api.batching import Arrivals
+from services.api.batching import Concurrency
 from services.api.metrics import Metrics
 from services.api.serving import ModelServer, ServedModel, follow_champion
 from shared import db
@@ -32,7 +32,9 @@ def lifespan(  # type: ignore[no-untyped-def]
     migrations are applied first, as that role (the API's own only reads)."""
 
     @contextlib.asynccontextmanager
-    async def open_resources(metrics: Metrics, arrivals: Arrivals) -> AsyncIterator[Resources]:
+    async def open_resources(
+        metrics: Metrics, concurrency: Concurrency
+    ) -> AsyncIterator[Resources]:
         pool: db.Pool = await connect_with_retry(  # type: ignore[assignment]
             lambda: db.create_pool(database_url, max_size=5), "PostgreSQL"
         )
@@ -43,7 +45,7 @@ def lifespan(  # type: ignore[no-untyped-def]
                 await db.migrate(pool)
             elif migrate_url is not None:
                 await db.migrate_at(migrate_url)
-            server = ModelServer(pool, settings, arrivals=arrivals)
+            server = ModelServer(pool, settings, concurrency=concurrency)
 
             def on_champion(served: ServedModel) -> None:
                 metrics.serving(served.model_id, served.spec.architecture)

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.api import store
-from services.api.batching import Arrivals, Batcher
+from services.api.batching import Batcher, Concurrency
 from shared.errors import PermanentError
 from shared.gradcam import Explainer
 from shared.inference import BatchDecoder, Predictor
@@ -80,14 +80,14 @@ class ModelServer:
         settings: ApiSettings,
         *,
         load: LoadModel | None = None,
-        arrivals: Arrivals | None = None,
+        concurrency: Concurrency | None = None,
     ) -> None:
         if load is None:
             load = load_model
         self.pool = pool
         self.settings = settings
         self._load_model = load
-        self.arrivals = arrivals  # requests on their way to a batcher (the HTTP layer counts)
+        self.concurrency = concurrency  # /predict requests open at once (the HTTP layer counts)
         self._models: OrderedDict[int, ServedModel] = OrderedDict()
         self._locks: dict[int, asyncio.Lock] = {}
         self._refresh_lock = asyncio.Lock()
@@ -143,7 +143,7 @@ class ModelServer:
             wait_s=self.settings.batch_wait_ms / 1000,
             executor=self.executor,
             on_batch=self._batched,
-            arrivals=self.arrivals,
+            concurrency=self.concurrency,
         )
         return ServedModel(model_id, spec, model, batcher, self.executor)
 

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from services.api.batching import Arrivals, Batcher
+from services.api.batching import Batcher, Concurrency
 
 
 def rows_of(n: int, start: float) -> list[np.ndarray]:
@@ -101,36 +101,49 @@ async def test_a_faulty_image_fails_its_own_request_not_the_others_batched_with_
     assert calls == [4, 2, 1, 1]  # together, then each alone
 
 
-async def test_an_idle_model_waits_only_for_requests_already_received() -> None:
+async def test_an_idle_model_waits_for_as_many_images_as_requests_were_open_lately() -> None:
     calls: list[int] = []
 
     def predict(batch: list[np.ndarray]) -> np.ndarray:
         calls.append(len(batch))
         return np.asarray(batch)
 
-    arrivals = Arrivals()
-    batcher = Batcher(predict, max_batch=32, wait_s=30.0, arrivals=arrivals)
-    # Nobody else received: a lone request does not wait for company.
+    now = [0.0]
+    concurrency = Concurrency(window_s=1.0, clock=lambda: now[0])
+    batcher = Batcher(predict, max_batch=32, wait_s=30.0, concurrency=concurrency)
+    # A lone client: its request is scored at once, not held back for company.
+    concurrency.enter()
     await asyncio.wait_for(batcher(rows_of(1, 0)), 5)
+    concurrency.exit()
     assert calls == [1]
 
-    # Three requests received and being read; each hands its images when read, as the
-    # route does (no await in between).
-    async def hand(state: dict[str, object], rows: list[np.ndarray]) -> np.ndarray:
-        arrivals.leave(state)
-        return await batcher(rows)
-
-    states: list[dict[str, object]] = [{}, {}, {}]
-    for state in states:
-        arrivals.arrive(state)
-    first = asyncio.create_task(hand(states[0], rows_of(1, 10)))
+    # Three requests open: the first waits for the other two.
+    for _ in range(3):
+        concurrency.enter()
+    first = asyncio.create_task(batcher(rows_of(1, 10)))
     await asyncio.sleep(0.05)
-    assert calls == [1], "the model started before the requests already received"
-    second = asyncio.create_task(hand(states[1], rows_of(2, 20)))
-    await asyncio.sleep(0.05)
-    assert calls == [1]
-    arrivals.leave(states[2])  # this one ends without images (a 422, say)
-    arrivals.leave(states[2])  # leaving twice counts once
-    assert arrivals.count == 0
+    assert calls == [1], "the model started before the requests open had come"
+    second = asyncio.create_task(batcher(rows_of(2, 20)))
     await asyncio.wait_for(asyncio.gather(first, second), 5)
     assert calls == [1, 3]
+    for _ in range(3):
+        concurrency.exit()
+
+    # Within the window the peak is still expected (clients answered together come back
+    # together); after it, only the requests open now.
+    assert concurrency.expected() == 3
+    now[0] += 1.5
+    concurrency.enter()
+    assert concurrency.expected() == 1
+    await asyncio.wait_for(batcher(rows_of(1, 30)), 5)
+    assert calls == [1, 3, 1]
+
+
+async def test_the_wait_for_company_is_bounded() -> None:
+    concurrency = Concurrency()
+    for _ in range(8):
+        concurrency.enter()  # eight open, one of them ever sends images
+    batcher = Batcher(lambda b: np.asarray(b), max_batch=32, wait_s=0.2, concurrency=concurrency)
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(batcher(rows_of(1, 0)), 5)
+    assert 0.15 < asyncio.get_running_loop().time() - started < 2

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from services.api.batching import Arrivals
+from services.api.batching import Concurrency
 from services.api.metrics import Metrics
-from services.api.middleware import BodyLimit, CountArrivals, RequestLog
+from services.api.middleware import BodyLimit, CountConcurrency, RequestLog
 
 
 async def call(
@@ -83,21 +83,18 @@ async def test_a_declared_body_over_the_limit_is_refused_with_the_request_id() -
     assert answer["request_id"] == headers["x-request-id"]
 
 
-async def test_predict_requests_are_counted_until_they_hand_their_images_or_end() -> None:
-    arrivals = Arrivals()
+async def test_predict_requests_are_counted_while_open() -> None:
+    concurrency = Concurrency()
     seen: list[int] = []
 
     async def route(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(arrivals.count)
-        if scope["path"] == "/predict" and scope.get("query_string") != b"fail":
-            arrivals.leave(scope["state"])  # read: the images go to the batcher
-            seen.append(arrivals.count)
+        seen.append(concurrency.open)
         await ok(scope, receive, send)
 
-    app = CountArrivals(route, arrivals, "/predict")
+    app = CountConcurrency(route, concurrency, "/predict")
     await call(app, path="/predict")
     await call(app, path="/models")
-    assert seen == [1, 0, 0] and arrivals.count == 0
+    assert seen == [1, 0] and concurrency.open == 0
     with pytest.raises(RuntimeError):
-        await call(CountArrivals(crashing, arrivals, "/predict"), path="/predict")
-    assert arrivals.count == 0  # a request that failed is not waited for
+        await call(CountConcurrency(crashing, concurrency, "/predict"), path="/predict")
+    assert concurrency.open == 0 and concurrency.expected() == 1
