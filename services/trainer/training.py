@@ -40,7 +40,7 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -484,21 +484,37 @@ def _training_forward(model: keras.Model, *, keep: bool) -> Any:
     return forward
 
 
+@contextlib.contextmanager
+def seeded_globally(seed: int) -> Iterator[None]:
+    """Python's, NumPy's and TensorFlow's global seeds set to ``seed`` inside, reset after.
+
+    TensorFlow derives every op seed given explicitly (the training shuffle's) from the
+    global seed too, when one is set: left set, it would change the shuffles of every later
+    request of the process, so that the same seed gave another model after an ImageNet one.
+    """
+    import random
+
+    import keras
+    import tensorflow as tf
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    keras.utils.set_random_seed(seed)
+    try:
+        yield
+    finally:
+        tf.random.set_seed(None)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
     """Train ``job`` (resuming after ``job.checkpoint_epoch``); blocking, for a worker thread.
 
     Raises :class:`TrainingAbandoned` when ``stop`` is set, :class:`PermanentError` when
     no epoch finished within the time limit.
     """
-    import keras
 
     params, spec = job.params, job.spec
-    if reuse_key(job) is None:
-        # Seeds the initializers of a network built with ImageNet weights (its head). Not
-        # otherwise: TensorFlow clears its kernel caches on every global seed, so a kept
-        # network would run its first steps ~10x slower; initialize_weights, the shuffle
-        # and the augmentations take their seeds explicitly instead.
-        keras.utils.set_random_seed(params.seed)
     n_classes = len(spec.class_names)
     weights = class_weights(job.train.labels, n_classes)
     batch_size = min(params.batch_size, len(job.train))
@@ -533,7 +549,12 @@ def train(job: Job, hooks: Hooks, stop: threading.Event) -> Outcome:
     reused = model is not None
     with scope():
         if model is None:
-            model = build_model(build_spec)
+            # The initializers of a network built for this request only (the head of an
+            # ImageNet one) take the request's seed. Not a kept one's: TensorFlow clears its
+            # kernel caches on every global seed, so a kept network would run its first
+            # steps ~10x slower; initialize_weights seeds its weights explicitly instead.
+            with seeded_globally(params.seed) if key is None else contextlib.nullcontext():
+                model = build_model(build_spec)
             use_runtime_batchnorm_momentum(model)
             base_of(model).trainable = loop.last_epoch >= freeze
             _compile(model, job)

@@ -83,3 +83,33 @@ def test_augmented_training_data_is_reproducible_from_the_seed() -> None:
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first[0], first[1])  # a new variant each epoch
     assert not np.array_equal(first[0], other[0])
+
+
+def test_an_imagenet_networks_seeding_leaves_later_shuffles_alone() -> None:
+    """A network built for one request only (an ImageNet one) seeds its head under the
+    request's seed; the same seed must still give the same training order afterwards."""
+    import random
+
+    import keras
+
+    from services.trainer.training import seeded_globally
+
+    classes = ("vine", "ground", "grass")
+    rows = [(photo(t, i, width=40, height=30), t, "JPEG") for t in classes for i in range(6)]
+    split = Split.from_rows(rows, classes)
+
+    def order() -> list[int]:
+        ds = training_dataset(split, 32, 18, augment=False, seed=3)
+        return [int(y) for _, labels in ds for y in labels.numpy()]
+
+    before = order()
+    python_next, numpy_next = random.Random(), np.random.get_state()
+    python_next.setstate(random.getstate())
+    heads = []
+    for _ in range(2):
+        with seeded_globally(123):
+            heads.append(np.asarray(keras.initializers.GlorotUniform()((4, 3))))
+    np.testing.assert_array_equal(heads[0], heads[1])  # the seed holds inside
+    assert order() == before
+    assert random.random() == python_next.random()  # the other generators are restored
+    assert np.array_equal(np.random.get_state()[1], numpy_next[1])
