@@ -38,7 +38,10 @@ Image = TypeVar("Image")
 
 class Concurrency:
     """The ``/predict`` requests open now (received, not answered yet) and the most open
-    at once within the last ``window_s``: how many an idle model may expect together."""
+    at once within the last ``window_s``: how many an idle model may expect together.
+
+    Counted for all models: a call may wait (at most ``wait_s``) for requests that went to
+    another model than its own."""
 
     def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
         self.open = 0
