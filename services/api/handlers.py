@@ -68,6 +68,7 @@ async def predict(
         "model_id": served.model_id,
         "architecture": served.spec.architecture,
         "class_names": list(names),
+        "test_time_augmentation": served.tta,
         "predictions": results,
     }
 

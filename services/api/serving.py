@@ -2,7 +2,8 @@
 
 Each is rebuilt from PostgreSQL by ``shared.weight_store.load_model`` (checksum verified)
 and wrapped in the evaluator's inference path (``shared.inference``: ``BatchDecoder`` for
-the training's pixels, ``Predictor`` in inference mode), traced once before it serves, and
+the training's pixels, ``Predictor`` in inference mode, with the evaluator's test-time
+augmentation unless ``API_TTA=false``), traced once before it serves, and
 fed through a :class:`~services.api.batching.Batcher`: the encoded images of concurrent
 requests are decoded and scored together, one decode and one model call per batch, on one
 inference thread, never on the event loop.
@@ -52,6 +53,7 @@ class ServedModel:
     model: Any  # the Keras model (Grad-CAM needs its layers)
     batcher: Batcher[bytes]
     executor: ThreadPoolExecutor  # the inference thread
+    tta: bool = False  # predictions averaged over each image's 8 flips/turns
     _explainer: Any = None
 
     async def explain(self, data: bytes, class_name: str | None) -> Any:
@@ -133,7 +135,7 @@ class ModelServer:
 
     def _prepare(self, model_id: int, model: Any, spec: ModelSpec) -> ServedModel:
         """Trace the decoder and the model once (seconds), before the first request."""
-        predictor = Predictor(model, spec.image_size)
+        predictor = Predictor(model, spec.image_size, tta=self.settings.tta)
         decoder = BatchDecoder(spec.image_size)
         predictor.warm_up()
         decoder.warm_up()
@@ -145,7 +147,7 @@ class ModelServer:
             on_batch=self._batched,
             concurrency=self.concurrency,
         )
-        return ServedModel(model_id, spec, model, batcher, self.executor)
+        return ServedModel(model_id, spec, model, batcher, self.executor, self.settings.tta)
 
     def _batched(self, n_images: int) -> None:
         if self.on_batch is not None:

@@ -20,7 +20,9 @@ SPEC = ModelSpec(architecture="ResNet50V2", image_size=32, class_names=CLASSES, 
 
 def tiny_model(seed: int = 0) -> Any:
     """ResNet50V2 at 32 px with a few steps on random pixels: weights that are not the
-    initial ones, BatchNorm statistics moved (what a trained model looks like to the API)."""
+    initial ones, BatchNorm statistics moved (what a trained model looks like to the API).
+    Small steps: its probabilities stay away from 0 and 1, so that tests comparing them
+    (with and without test-time augmentation, say) can tell them apart."""
     import keras
     import tensorflow as tf
 
@@ -29,7 +31,7 @@ def tiny_model(seed: int = 0) -> Any:
     rng = np.random.default_rng(seed)
     x = rng.uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
     y = np.array([0, 1, 2, 0, 1, 2])
-    optimizer = keras.optimizers.SGD(0.05)
+    optimizer = keras.optimizers.SGD(0.001)
     for _ in range(2):
         with tf.GradientTape() as tape:
             loss = keras.losses.sparse_categorical_crossentropy(y, model(x, training=True))

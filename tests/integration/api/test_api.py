@@ -132,12 +132,17 @@ async def test_models_lists_the_registry_and_one_model_has_its_evaluations(api: 
 
 
 async def test_predict_gives_the_evaluators_probabilities(api: Api) -> None:
+    """As the evaluator scores by default: with test-time augmentation (API_TTA)."""
     images = [("vine.jpg", photo("vine", 0)), ("grass.jpg", photo("grass", 1))]
     status, body, _ = await call(api, "POST", "/predict", data=form(images))
     assert status == 200, body
     assert body["model_id"] == api.seeded.champion_id
     assert body["class_names"] == list(models.CLASSES)
-    expected = Predictor(api.model, 32)(BatchDecoder(32)([b for _, b in images]))
+    assert body["test_time_augmentation"] is True
+    pixels = BatchDecoder(32)([b for _, b in images])
+    expected = Predictor(api.model, 32, tta=True)(pixels)
+    plain = Predictor(api.model, 32)(pixels)
+    assert not np.allclose(expected, plain, atol=1e-4)  # this test tells them apart
     for prediction, row, (name, _) in zip(body["predictions"], expected, images, strict=True):
         assert prediction["image"] == name
         probs = [prediction["probabilities"][c] for c in models.CLASSES]
