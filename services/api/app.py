@@ -118,7 +118,7 @@ def create_app(settings: ApiSettings, lifespan: Lifespan, version: dict[str, Any
     # -- cross-cutting ----------------------------------------------------------------------
 
     @app.exception_handler(StarletteHTTPException)
-    async def httperror_response(request: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return error_response(exc.status_code, str(exc.detail), _rid(request), exc.headers)
 
     @app.exception_handler(RequestValidationError)

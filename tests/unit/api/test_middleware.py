@@ -16,11 +16,15 @@ from services.api.middleware import BodyLimit, CountConcurrency, RequestLog
 
 
 async def call(
-    app: Any, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None, path: str = "/x"
+    app: Any,
+    body: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    path: str = "/x",
+    method: str = "POST",
 ) -> tuple[int, dict[str, str], bytes]:
     scope: Scope = {
         "type": "http",
-        "method": "POST",
+        "method": method,
         "path": path,
         "headers": [(b"content-length", str(len(body)).encode()), *(headers or [])],
         "state": {},
@@ -98,3 +102,29 @@ async def test_predict_requests_are_counted_while_open() -> None:
     with pytest.raises(RuntimeError):
         await call(CountConcurrency(crashing, concurrency, "/predict"), path="/predict")
     assert concurrency.open == 0 and concurrency.expected() == 1
+
+
+async def test_an_exception_in_a_route_is_answered_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Through the real app: a route that fails (here: its resources were never opened)
+    gets the JSON 500 from the app's last handler, and its trace is logged once."""
+    from contextlib import asynccontextmanager
+
+    from services.api.app import create_app
+    from shared.settings import ApiSettings
+
+    @asynccontextmanager
+    async def never_opened(*_: object) -> Any:
+        raise AssertionError("no lifespan in this test")
+        yield
+
+    app = create_app(ApiSettings(_env_file=None), never_opened, {"version": "test"})  # type: ignore[call-arg]
+    with caplog.at_level(logging.INFO, logger="services.api"):
+        status, headers, body = await call(app, path="/models", method="GET")
+    answer = json.loads(body)
+    assert status == 500 and answer["error"] == "internal error (see the server log)"
+    assert answer["request_id"] == headers["x-request-id"]
+    assert "Traceback" not in body.decode()
+    assert len([r for r in caplog.records if r.exc_info]) == 1
+    assert any(r.getMessage().startswith("GET /models 500 ") for r in caplog.records)
