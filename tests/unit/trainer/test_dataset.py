@@ -1,4 +1,5 @@
-"""services.trainer.dataset: batches, class weights, passes per epoch, augmentation."""
+"""services.trainer.dataset: batches, class weights, passes per epoch, augmentation, and
+shuffles that an ImageNet network's seeding (training.seeded_globally) leaves alone."""
 
 from __future__ import annotations
 
