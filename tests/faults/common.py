@@ -164,7 +164,7 @@ async def rabbitmq_down_mid_stage(
     the same port and data directory each time: the handler goes on, publishes its result
     once RabbitMQ is back and settles the redelivery, spending no delivery attempt."""
     rabbit = await asyncio.to_thread(private_rabbit)
-    key = {"fetching": "fetcher", "training": "trainer"}[stage]
+    key = {"fetching": "fetcher", "training": "trainer", "evaluating": "evaluator"}[stage]
     env = {"FETCHER_CONCURRENCY": "2"} if stage == "fetching" else {}
     async with pipeline_on(rabbit.url, db_url, **env) as pipeline:
         if stage == "fetching":  # downloads outlast the outages (set after pipeline_on)
@@ -178,6 +178,9 @@ async def rabbitmq_down_mid_stage(
         request_id = await first_line_id(out, cli)
         if stage == "training":  # after the first epoch (which traces the network)
             await pipeline.wait_until(f"SELECT ({EPOCHS_OF_REQUEST}) >= 1", request_id, timeout=600)
+        elif stage == "evaluating":
+            # The evaluator's first request traces its inference graph: seconds of work.
+            await wait_for_log(pipeline, "evaluator", "handling ModelReady")
         else:
             await pipeline.wait_until(
                 "SELECT 1 FROM training_requests WHERE id = $1 AND stage = $2"
@@ -201,6 +204,12 @@ async def rabbitmq_down_mid_stage(
         assert code == 0, (stdout, stderr)
         assert "succeeded" in stdout
         assert "Traceback" not in stderr, stderr
+        if stage == "evaluating":
+            # The last stage records its result before publishing it: the request succeeds
+            # in PostgreSQL while the handler still waits for RabbitMQ to publish and settle.
+            await log_count(pipeline, key, "RabbitMQ is back; published", 1, timeout=300)
+        await log_count(pipeline, key, TAKEN_OVER, outages, timeout=120)
+        await asyncio.sleep(1)  # a second redelivery, if any, would show now
         logs = pipeline.services[key].text()
         # Each outage met the handler, which went on; its redelivery was settled by the
         # handling in progress, never handled again nor counted as an attempt.
