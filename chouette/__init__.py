@@ -11,8 +11,9 @@
 Exit codes: 0 success, 1 failure (the request failed, a server is unreachable),
 2 bad input (one line naming the field; nothing is published).
 
-The entry point is ``chouette.app.main`` (the console script, ``python -m chouette``).
-This package imports nothing, so that a module of it (the parser, the errors) is imported
-without the rest; ``chouette.app`` imports every command, none of which imports
+The entry point is ``chouette.entry.main`` (the console script, ``python -m chouette``):
+it parses, then imports ``chouette.app`` to run the command. This package imports nothing,
+so that a module of it (the parser, the errors) is imported without the rest;
+``chouette.app`` imports every command, none of which imports
 TensorFlow, matplotlib or Pillow before it runs, so ``chouette --help`` answers at once.
 """

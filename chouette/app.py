@@ -14,12 +14,11 @@ import asyncio
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 from chouette import champion, commands, explain, export, predict, prune, report
 from chouette.demo import run_demo
 from chouette.errors import BAD_INPUT, FAILED, INTERRUPTED, CommandFailed, UsageError
-from chouette.parser import build_parser
 from chouette.services import run_services
 from chouette.submit import Publisher
 from chouette.weights import run_weights
@@ -53,16 +52,6 @@ SYNC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": run_demo,
     "weights": run_weights,
 }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(args_list)
-    except UsageError as exc:
-        print(f"chouette: error: {exc}", file=sys.stderr)
-        return BAD_INPUT
-    return run_parsed(args)
 
 
 def run_parsed(args: argparse.Namespace) -> int:

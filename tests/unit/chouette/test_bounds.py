@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chouette.app import main
+from chouette.entry import main
 from chouette.errors import UsageError
 from chouette.parser import build_parser
 from chouette.submit import evaluation_request

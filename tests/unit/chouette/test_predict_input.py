@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from chouette.app import main
+from chouette.entry import main
 from chouette.errors import UsageError
 from chouette.predict import read_images
 

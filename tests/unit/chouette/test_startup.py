@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from chouette.app import main
+from chouette.entry import main
 
 
 def test_importing_the_cli_does_not_import_tensorflow() -> None:

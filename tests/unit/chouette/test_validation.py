@@ -9,7 +9,8 @@ from typing import get_args
 
 import pytest
 
-from chouette.app import main, run_command
+from chouette.app import run_command
+from chouette.entry import main
 from chouette.errors import UsageError
 from chouette.parser import build_parser
 from shared import messages

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chouette.app import main
+from chouette.entry import main
 from shared import modeling, pretrained
 from shared.choices import ARCHITECTURES
 from shared.modeling import ModelSpec, WeightsUnavailable, base_of, build_model
@@ -251,7 +251,7 @@ def test_cli_pull_exit_codes(
 
 def test_cli_weights_never_imports_tensorflow(tmp_path: Path) -> None:
     code = (
-        "import sys; from chouette.app import main;"
+        "import sys; from chouette.entry import main;"
         f" rc = main(['weights', 'list', '--cache-dir', {str(tmp_path)!r}]);"
         " assert rc == 0;"
         " assert not {'tensorflow', 'keras'} & set(sys.modules), 'imported TensorFlow'"
